@@ -1,0 +1,1 @@
+"""Model registry (filled in by the models work)."""
