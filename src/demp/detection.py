@@ -1,0 +1,255 @@
+"""Finding ReLU units and the dead ones among them (spec section 2).
+
+A *site* is one call of a ReLU in the forward pass: an ``nn.ReLU`` module (a module called
+at several places gives one site per call, named ``name#k``), or a functional
+``F.relu``/``torch.relu``/``Tensor.relu`` call, named after the module that made it
+(``owner/relu``).  A unit is one channel (conv) or feature (linear) of a site's output.
+A unit is dead on a batch when its activation summed over batch and positions is <= 0, and
+dead when it is dead on every probe batch.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from .errors import DempError
+
+RELU_FUNCS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu,
+                        torch.Tensor.relu_, F.relu6})
+"""Functions whose output is a ReLU site (ReLU6 is dead exactly where ReLU is)."""
+
+OTHER_ACTIVATIONS = frozenset({F.gelu, F.silu, F.elu, F.leaky_relu, F.selu, F.celu, F.mish,
+                               F.softplus, F.hardswish, F.prelu, F.rrelu, F.glu})
+"""Activations that are not sites: their units are skipped with a warning."""
+
+_CHANNEL_FIRST_3D = (nn.Conv1d, nn.BatchNorm1d, nn.GroupNorm, nn.InstanceNorm1d, nn.MaxPool1d,
+                     nn.AvgPool1d)
+
+
+@dataclass(frozen=True)
+class SiteCall:
+    """One ReLU call seen during a forward pass, before its name is resolved."""
+    index: int          # order among site calls in this forward pass
+    owner: str          # qualified name of the module that made the call ("" = root)
+    module_site: bool   # True when the owner is the ReLU module itself
+    channel_dim: int
+
+
+@dataclass(frozen=True)
+class Site:
+    """A ReLU site: its name, number of units and the dimension that holds them."""
+    name: str
+    width: int
+    channel_dim: int
+
+
+def _site_names(calls: Sequence[SiteCall]) -> list[str]:
+    """Name calls: module name (or ``owner/relu``), with ``#k`` when the owner calls twice."""
+    bases = [c.owner if c.module_site else f"{c.owner}/relu" for c in calls]
+    totals = Counter(bases)
+    seen: Counter = Counter()
+    names = []
+    for base in bases:
+        names.append(base if totals[base] == 1 else f"{base}#{seen[base]}")
+        seen[base] += 1
+    return names
+
+
+class SiteTracer(TorchFunctionMode):
+    """Sees every ReLU call of ``model``'s forward and hands its output to ``on_site``.
+
+    ``on_site(call, output)`` may return a tensor to use instead of the output (used for
+    gates by the baselines).  ``calls`` lists the calls of the last forward pass.
+    """
+
+    def __init__(self, model: nn.Module, on_site: Callable[[SiteCall, torch.Tensor], Any]):
+        super().__init__()
+        self.model = model
+        self.on_site = on_site
+        self.calls: list[SiteCall] = []
+        self._stack: list[tuple[str, nn.Module]] = []
+        self._last_leaf: Optional[nn.Module] = None
+        self._handles: list[Any] = []
+        self._warned: set[str] = set()
+
+    def __enter__(self):
+        for name, module in self.model.named_modules():
+            self._handles.append(module.register_forward_pre_hook(self._push(name)))
+            self._handles.append(module.register_forward_hook(self._pop, always_call=True))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        return super().__exit__(*exc)
+
+    def _push(self, name: str):
+        def hook(module, args):
+            self._stack.append((name, module))
+        return hook
+
+    def _pop(self, module, args, output):
+        if self._stack and self._stack[-1][1] is module:
+            self._stack.pop()
+        if not any(True for _ in module.children()):
+            self._last_leaf = module
+
+    def reset(self) -> None:
+        """Forget the calls of the previous forward pass."""
+        self.calls = []
+
+    def names(self) -> list[str]:
+        return _site_names(self.calls)
+
+    def _channel_dim(self, out: torch.Tensor) -> int:
+        if out.dim() != 3:
+            return 1
+        return 1 if isinstance(self._last_leaf, _CHANNEL_FIRST_3D) else out.dim() - 1
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in RELU_FUNCS and isinstance(out, torch.Tensor) and out.dim() >= 2:
+            owner, module = self._stack[-1] if self._stack else ("", self.model)
+            call = SiteCall(len(self.calls), owner,
+                            isinstance(module, (nn.ReLU, nn.ReLU6)), self._channel_dim(out))
+            self.calls.append(call)
+            replaced = self.on_site(call, out)
+            if isinstance(replaced, torch.Tensor):
+                return replaced
+        elif func in OTHER_ACTIVATIONS:
+            where = self._stack[-1][0] if self._stack else "<root>"
+            key = f"{getattr(func, '__name__', func)}@{where}"
+            if key not in self._warned:
+                self._warned.add(key)
+                warnings.warn(f"activation {getattr(func, '__name__', func)} in '{where}' is not "
+                              "a ReLU: DemP does not check or remove its units", stacklevel=2)
+        return out
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter or buffer (CPU for an empty model)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def batch_input(batch: Any) -> Any:
+    """The input of a probe batch: the batch itself, or the first item of a tuple/list."""
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise DempError("a probe batch is an empty tuple; give tensors or (input, target) pairs")
+        return batch[0]
+    return batch
+
+
+def check_device(model: nn.Module, x: Any, what: str = "input") -> None:
+    """Raise a clear error when tensor input ``x`` is on another device than the model."""
+    dev = model_device(model)
+    tensors = x if isinstance(x, (tuple, list)) else [x]
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device != dev:
+            raise DempError(f"{what} is on {t.device} but the model is on {dev}; "
+                            f"move it with .to('{dev}') first")
+
+
+def call_model(model: nn.Module, x: Any) -> Any:
+    """Run the model on an input tensor or a tuple of positional inputs."""
+    return model(*x) if isinstance(x, tuple) else model(x)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode and restore each one's own mode afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def _unit_sums(out: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """Activation summed over every dimension except the unit dimension, in float32."""
+    dims = [d for d in range(out.dim()) if d != channel_dim % out.dim()]
+    return out.float().sum(dim=dims)
+
+
+@dataclass
+class UnitScan:
+    """Result of a probe pass: dead masks per site and quasi-dead counts per eps."""
+    sites: list[Site]
+    dead: dict[str, torch.Tensor]
+    quasi_dead: dict[float, dict[str, int]] = field(default_factory=dict)
+    num_batches: int = 0
+
+    @property
+    def units(self) -> int:
+        return sum(s.width for s in self.sites)
+
+    @property
+    def dead_units(self) -> int:
+        return int(sum(int(m.sum()) for m in self.dead.values()))
+
+
+def scan_units(model: nn.Module, batches: Iterable[Any], eps: Sequence[float] = ()) -> UnitScan:
+    """Run the probe batches in eval mode and AND the per-batch dead masks of every site.
+
+    ``eps`` adds quasi-dead counts: units whose mean activation per position is <= eps on
+    every batch (logged, never pruned).
+    """
+    eps = tuple(float(e) for e in eps)
+    sums: list[torch.Tensor] = []
+    tracer = SiteTracer(model, lambda call, out: sums.append(_unit_sums(out, call.channel_dim)
+                                                             / max(1, out.numel() // out.shape[call.channel_dim])))
+    dead: Optional[list[torch.Tensor]] = None
+    quasi: Optional[list[list[torch.Tensor]]] = None
+    sites: list[Site] = []
+    n = 0
+    with eval_mode(model), torch.no_grad(), tracer:
+        for batch in batches:
+            x = batch_input(batch)
+            if n == 0:
+                check_device(model, x, "probe batch")
+            tracer.reset()
+            sums.clear()
+            call_model(model, x)
+            if n == 0:
+                if not tracer.calls:
+                    raise DempError(f"{type(model).__name__} has no ReLU site (nn.ReLU, F.relu, "
+                                    "torch.relu): DemP only finds dead ReLU units")
+                names = tracer.names()
+                sites = [Site(nm, s.numel(), c.channel_dim) for nm, s, c in zip(names, sums, tracer.calls)]
+                dead = [s <= 0 for s in sums]
+                quasi = [[s <= e for s in sums] for e in eps]
+            else:
+                if len(sums) != len(sites) or any(s.numel() != st.width for s, st in zip(sums, sites)):
+                    raise DempError("the model's ReLU calls differ between probe batches; "
+                                    "DemP needs the same sites on every forward pass")
+                dead = [d & (s <= 0) for d, s in zip(dead, sums)]
+                quasi = [[q & (s <= e) for q, s in zip(qs, sums)] for qs, e in zip(quasi, eps)]
+            n += 1
+    if n == 0:
+        raise DempError("the probe is empty: give at least one batch of training inputs")
+    masks = {s.name: d.cpu() for s, d in zip(sites, dead)}
+    quasi_counts = {e: {s.name: int(q.sum()) for s, q in zip(sites, qs)} for e, qs in zip(eps, quasi)}
+    return UnitScan(sites, masks, quasi_counts, n)
+
+
+def find_dead_units(model: nn.Module, batches: Iterable[Any]) -> dict[str, torch.Tensor]:
+    """``{site name: BoolTensor[num_units]}``, True where the unit is dead on every batch."""
+    return scan_units(model, batches).dead
+
+
+def list_sites(model: nn.Module, example_inputs: Any) -> list[Site]:
+    """The model's ReLU sites in call order, found with one eval-mode forward pass."""
+    return scan_units(model, [example_inputs]).sites

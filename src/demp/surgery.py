@@ -1,0 +1,510 @@
+"""Physical removal of units, and of their optimizer state (spec section 5).
+
+torch-pruning's dependency graph finds, for each ReLU site, the *group* of layers whose
+channels are tied to the site's units (the producing conv/linear and its norm layer, the
+consumers' input columns, flatten/concat index maps, residual additions).  A channel of a
+group is removed only when removal keeps the network's function on the probe data: every
+layer that consumes the group's channels must read them through a site where the channel
+is dead (so it only ever sees zeros).  Every parameter replacement that torch-pruning makes
+goes through one recorded function, which slices the optimizer state the same way.
+"""
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning import ops as tp_ops
+from torch_pruning.pruner import function as tp_fn
+
+from .detection import SiteTracer, call_model, check_device, eval_mode
+from .errors import DempError
+from .skip import ChannelSelect, ChannelSelectPruner
+
+Slicer = Callable[[torch.Tensor], torch.Tensor]
+
+_ZERO_PRESERVING = frozenset({"relu", "hardtanh", "mean", "view", "reshapealias", "unsafeview",
+                              "permute", "transpose", "clone", "tocopy", "expand", "squeeze",
+                              "unsqueeze", "mul", "nativedropout", "alias"})
+_ZERO_PRESERVING_PREFIXES = ("maxpool", "avgpool", "adaptiveavgpool", "adaptivemaxpool", "upsample")
+"""Ops (autograd names without 'Backward') whose output channel is zero where the input's is."""
+_CHANNELWISE = _ZERO_PRESERVING | {"add", "sub"}
+"""Ops that act on each channel separately, so a group may contain them."""
+
+
+@dataclass
+class SiteRemoval:
+    """What happened at one site: units removed, and dead units kept with the reason."""
+    width_before: int
+    removed: int = 0
+    dead: int = 0
+    kept_dead: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def width_after(self) -> int:
+        return self.width_before - self.removed
+
+
+@dataclass
+class RemovalReport:
+    """Summary of one removal event."""
+    units_before: int
+    units_removed: int
+    params_before: int
+    params_after: int
+    sites: dict[str, SiteRemoval]
+    seconds: float = 0.0
+
+    @property
+    def units_after(self) -> int:
+        return self.units_before - self.units_removed
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {name: s.width_after for name, s in self.sites.items()}
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameter entries in the model."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- recording
+
+def _select(dim: int, keep: torch.Tensor) -> Slicer:
+    return lambda t: t.index_select(dim, keep.to(t.device))
+
+
+def _grouped_in_slicer(layer: nn.Conv2d, idxs: Sequence[int]) -> tuple[Slicer, int]:
+    """Input-column removal for a grouped (non-depthwise) conv: each group keeps its own columns."""
+    g = layer.groups
+    per = layer.in_channels // g
+    removed = set(idxs)
+    local = [[c - j * per for c in range(j * per, (j + 1) * per) if c not in removed] for j in range(g)]
+    if len({len(k) for k in local}) != 1:
+        raise DempError(f"grouped conv {layer}: removal must take the same number of input "
+                        "channels from every group")
+    rows_per = layer.out_channels // g
+    index = torch.tensor([local[r // rows_per] for r in range(layer.out_channels)], dtype=torch.long)
+
+    def slicer(t: torch.Tensor) -> torch.Tensor:
+        idx = index.to(t.device).view(t.shape[0], -1, *([1] * (t.dim() - 2))).expand(
+            -1, -1, *t.shape[2:])
+        return torch.gather(t, 1, idx)
+    return slicer, len(local[0]) * g
+
+
+@contextmanager
+def _recording(on_replace: Callable[[nn.Parameter, nn.Parameter, Slicer], None]) -> Iterator[None]:
+    """Route every torch-pruning parameter replacement through ``on_replace``.
+
+    Also keeps ``requires_grad`` of frozen parameters and prunes grouped convs' input
+    columns group by group (torch-pruning 1.6.1 does neither).
+    """
+    base, conv = tp_fn.BasePruningFunc, tp_fn.ConvPruner
+    orig_param, orig_conv_in = base._prune_parameter_and_grad, conv.prune_in_channels
+
+    def replace(old: nn.Parameter, slicer: Slicer) -> nn.Parameter:
+        new = nn.Parameter(slicer(old.detach()).contiguous(), requires_grad=old.requires_grad)
+        if old.grad is not None:
+            new.grad = slicer(old.grad).contiguous()
+        on_replace(old, new, slicer)
+        return new
+
+    def prune_param(self, weight, keep_idxs, dim):
+        keep = torch.as_tensor(list(keep_idxs), dtype=torch.long, device=weight.device)
+        return replace(weight, _select(dim, keep))
+
+    def prune_conv_in(self, layer, idxs):
+        if layer.groups == 1 or layer.transposed:
+            return orig_conv_in(self, layer, idxs)
+        slicer, new_in = _grouped_in_slicer(layer, idxs)
+        layer.weight = replace(layer.weight, slicer)
+        layer.in_channels = new_in
+        return layer
+
+    base._prune_parameter_and_grad = prune_param
+    conv.prune_in_channels = prune_conv_in
+    try:
+        yield
+    finally:
+        base._prune_parameter_and_grad = orig_param
+        conv.prune_in_channels = orig_conv_in
+
+
+# ----------------------------------------------------------------------------- optimizer
+
+def check_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Refuse optimizers whose per-parameter state cannot be sliced like the parameter."""
+    own = {id(p) for p in model.parameters()}
+    for p, state in optimizer.state.items():
+        if id(p) not in own:
+            continue
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != p.shape:
+                raise DempError(
+                    f"{type(optimizer).__name__} keeps state '{key}' of shape {tuple(value.shape)} "
+                    f"for a parameter of shape {tuple(p.shape)}; DemP can only slice optimizer "
+                    "state shaped like its parameter (SGD, Adam, AdamW, RMSprop, ...)")
+
+
+def move_optimizer_state(optimizer: torch.optim.Optimizer, old: nn.Parameter,
+                         new: nn.Parameter, slicer: Slicer) -> None:
+    """Point the optimizer at ``new`` instead of ``old``, slicing state tensors like the param."""
+    for group in optimizer.param_groups:
+        params = group["params"]
+        for i, p in enumerate(params):
+            if p is old:
+                params[i] = new
+    state = optimizer.state.pop(old, None)
+    if state is not None:
+        optimizer.state[new] = {k: slicer(v) if torch.is_tensor(v) and v.dim() > 0
+                                and v.shape == old.shape else v for k, v in state.items()}
+
+
+# ----------------------------------------------------------------------------- the graph
+
+@dataclass
+class _Item:
+    node: Any
+    fn: Any
+    idxs: list[int]
+    root_idxs: list[int]
+
+
+@dataclass
+class _Group:
+    """One torch-pruning group rooted at a site, with the analysis of what may go."""
+    root_site: str
+    root_width: int
+    items: list[_Item]
+    sites: dict[str, _Item]            # sites in the group -> their item
+    removable: torch.Tensor = None     # BoolTensor over root channels
+    allowed: torch.Tensor = None       # removable before width/group constraints
+    blocked: str = ""                  # reason the whole group is kept
+
+
+def _op_name(node: Any) -> str:
+    """Autograd op name without the 'Backward0' suffix, e.g. 'relu', 'add', 'maxpool2dwithindices'."""
+    return re.sub(r"backward\d*$", "", str(node.module._grad_fn).lower())
+
+
+def _zero_preserving(node: Any) -> bool:
+    if isinstance(node.module, (tp_ops._ConcatOp, tp_ops._SplitOp, tp_ops._ReshapeOp,
+                                tp_ops._ExpandOp)):
+        return True
+    if not isinstance(node.module, tp_ops._ElementWiseOp):
+        return False
+    name = _op_name(node)
+    return name in _ZERO_PRESERVING or name.startswith(_ZERO_PRESERVING_PREFIXES)
+
+
+def _is_consumer(dg: tp.DependencyGraph, item: _Item) -> bool:
+    """A layer that mixes the group's channels into others: its input must see zeros."""
+    m = item.node.module
+    if not dg.is_in_channel_pruning_fn(item.fn):
+        return False
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return tp_ops.module2type(m) != tp_ops.OPTYPE.DEPTHWISE_CONV
+    return isinstance(m, (nn.Linear, ChannelSelect))
+
+
+def _blocking_member(item: _Item, exact: bool) -> str:
+    """Why a group member forbids any removal in the group ('' when it does not)."""
+    m = item.node.module
+    if isinstance(m, tp_ops._OutputOp):
+        return "its channels reach the model output"
+    if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm,
+                      nn.GroupNorm, ChannelSelect)):
+        return ""
+    if isinstance(m, nn.LayerNorm):
+        return "" if not exact else "a LayerNorm normalises over its channels (not exact)"
+    if isinstance(m, (tp_ops._ConcatOp, tp_ops._SplitOp, tp_ops._ReshapeOp, tp_ops._SliceOp,
+                      tp_ops._ExpandOp)):
+        return ""
+    if isinstance(m, tp_ops._ElementWiseOp) and (
+            not item.node.inputs  # an op on a weight (e.g. Linear's transpose), not on data
+            or _op_name(item.node) in _CHANNELWISE or _zero_preserving(item.node)):
+        return ""
+    return f"unsupported operation {item.node.module!r} is tied to its channels"
+
+
+def _map_to_root(item: _Item, values: torch.Tensor, width: int) -> torch.Tensor:
+    """Bool over root channels: AND of ``values[idx]`` over the idxs each root channel maps to."""
+    out = torch.ones(width, dtype=torch.bool)
+    covered = torch.zeros(width, dtype=torch.bool)
+    idx = torch.as_tensor(item.idxs, dtype=torch.long)
+    root = torch.as_tensor(item.root_idxs, dtype=torch.long)
+    covered[root] = True
+    out.scatter_reduce_(0, root, values[idx], reduce="amin")
+    return out & covered
+
+
+class _Analysis:
+    """Decides, group by group, which root channels may be removed."""
+
+    def __init__(self, dg: tp.DependencyGraph, site_nodes: dict[str, Any],
+                 masks: dict[str, torch.Tensor], exact: bool, min_units: int):
+        self.dg, self.site_nodes, self.masks = dg, site_nodes, masks
+        self.node_site = {node: name for name, node in site_nodes.items()}
+        self.exact, self.min_units = exact, min_units
+
+    def group(self, name: str) -> _Group:
+        node = self.site_nodes[name]
+        width = self.masks[name].numel()
+        pruner = self.dg.get_pruner_of_module(node.module)
+        tg = self.dg.get_pruning_group(node.module, pruner.prune_out_channels, list(range(width)))
+        items = [_Item(it.dep.target, it.dep.handler, list(it.idxs), list(it.root_idxs)) for it in tg]
+        sites = {self.node_site[it.node]: it for it in items if it.node in self.node_site}
+        g = _Group(name, width, items, sites)
+        self._decide(g)
+        return g
+
+    def _decide(self, g: _Group) -> None:
+        for it in g.items:
+            reason = _blocking_member(it, self.exact)
+            if reason:
+                g.blocked, g.removable = reason, torch.zeros(g.root_width, dtype=torch.bool)
+                g.allowed = g.removable
+                return
+        if self.exact:
+            removable = self._guarded(g)
+        else:  # remove what is marked at every site of the group
+            removable = torch.ones(g.root_width, dtype=torch.bool)
+            for name, it in g.sites.items():
+                removable &= _map_to_root(it, self.masks[name], g.root_width)
+        g.allowed = removable
+        g.removable = self._constrain(g, removable)
+
+    def _guarded(self, g: _Group) -> torch.Tensor:
+        """Root channels that every consumer reads through a dead site (so only as zeros)."""
+        members = {it.node: it for it in g.items}
+        memo: dict[Any, torch.Tensor] = {}
+        none = torch.zeros(g.root_width, dtype=torch.bool)
+
+        def zero(node: Any) -> torch.Tensor:
+            if node in memo:
+                return memo[node]
+            memo[node] = none  # cycles are impossible, but stay safe
+            it = members.get(node)
+            if it is None:
+                return none
+            result = none.clone()
+            name = self.node_site.get(node)
+            if name is not None:
+                result |= _map_to_root(it, self.masks[name], g.root_width)
+            if name is not None or _zero_preserving(node):
+                for inp in node.inputs:
+                    result |= zero(inp)
+            memo[node] = result
+            return result
+
+        removable = torch.ones(g.root_width, dtype=torch.bool)
+        has_consumer = False
+        for it in g.items:
+            if _is_consumer(self.dg, it):
+                has_consumer = True
+                reads = torch.zeros(g.root_width, dtype=torch.bool)
+                for inp in it.node.inputs:
+                    reads |= zero(inp)
+                covered = torch.zeros(g.root_width, dtype=torch.bool)
+                covered[torch.as_tensor(it.root_idxs, dtype=torch.long)] = True
+                removable &= reads | ~covered
+        if not has_consumer:
+            return torch.zeros(g.root_width, dtype=torch.bool)
+        # never remove a channel that no site of the group reports dead
+        anydead = torch.zeros(g.root_width, dtype=torch.bool)
+        for name, it in g.sites.items():
+            anydead |= _map_to_root(it, self.masks[name], g.root_width)
+        return removable & anydead
+
+    def _constrain(self, g: _Group, removable: torch.Tensor) -> torch.Tensor:
+        """Apply width floors, whole GroupNorm groups and balanced grouped convs, to a fixpoint."""
+        removable = removable.clone()
+        for _ in range(16):
+            before = removable.clone()
+            for it in g.items:
+                removable = self._constrain_item(it, removable)
+            if torch.equal(before, removable):
+                break
+        return removable
+
+    def _constrain_item(self, it: _Item, removable: torch.Tensor) -> torch.Tensor:
+        m = it.node.module
+        idx = torch.as_tensor(it.idxs, dtype=torch.long)
+        root = torch.as_tensor(it.root_idxs, dtype=torch.long)
+        local = removable[root]  # per mapped channel of this member
+        name = self.node_site.get(it.node)
+        if name is not None or (self.dg.is_out_channel_pruning_fn(it.fn)
+                                and isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))):
+            width = self.masks[name].numel() if name is not None else self.dg.get_out_channels(m)
+            floor = self.min_units if name is not None else 1
+            gone = torch.unique(idx[local])
+            excess = gone.numel() - (width - floor)
+            if excess > 0:  # keep the highest-index removable channels of this member
+                keep_back = set(gone[-excess:].tolist())
+                drop = torch.tensor([int(i) in keep_back for i in idx.tolist()], dtype=torch.bool)
+                removable[root[drop]] = False
+        if isinstance(m, nn.GroupNorm):
+            per = m.num_channels // m.num_groups
+            whole = torch.ones(m.num_groups, dtype=torch.bool)
+            whole.scatter_reduce_(0, idx // per, local, reduce="amin")
+            partial = ~whole[idx // per]
+            if partial.any():
+                removable[root[partial]] = False
+        if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups \
+                and tp_ops.module2type(m) != tp_ops.OPTYPE.DEPTHWISE_CONV:
+            size = m.in_channels if self.dg.is_in_channel_pruning_fn(it.fn) else m.out_channels
+            per = size // m.groups
+            counts = torch.zeros(m.groups, dtype=torch.long).scatter_add_(
+                0, idx // per, local.long())
+            quota = int(counts.min())
+            taken = torch.zeros(m.groups, dtype=torch.long)
+            for k in range(len(idx)):
+                if local[k]:
+                    grp = int(idx[k]) // per
+                    if taken[grp] >= quota:
+                        removable[root[k]] = False
+                    else:
+                        taken[grp] += 1
+        return removable
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def build_graph(model: nn.Module, example_inputs: Any) -> tuple[tp.DependencyGraph, dict[str, Any], dict[str, int]]:
+    """Trace the model once: its dependency graph, each site's graph node, and site widths."""
+    grad_fns: list[Any] = []
+    widths: list[int] = []
+
+    def on_site(call, out):
+        grad_fns.append(out.grad_fn)
+        widths.append(out.shape[call.channel_dim])
+
+    tracer = SiteTracer(model, on_site)
+
+    def forward(m, x):
+        with tracer:
+            return call_model(m, x)
+
+    with eval_mode(model), torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_inputs, forward_fn=forward,
+            customized_pruners={ChannelSelect: ChannelSelectPruner()}, verbose=False)
+    names = tracer.names()
+    by_grad_fn = {node.grad_fn: node for node in dg.module2node.values()}
+    nodes = {n: by_grad_fn[g] for n, g in zip(names, grad_fns) if g is not None and g in by_grad_fn}
+    return dg, nodes, dict(zip(names, widths))
+
+
+def _validate_masks(dead: Mapping[str, Any], widths: dict[str, int]) -> dict[str, torch.Tensor]:
+    masks: dict[str, torch.Tensor] = {}
+    for name, mask in dead.items():
+        if name not in widths:
+            known = ", ".join(list(widths)[:12]) + (" ..." if len(widths) > 12 else "")
+            raise DempError(f"unknown site '{name}'; the model's ReLU sites are: {known}")
+        t = torch.as_tensor(mask)
+        if t.dtype != torch.bool or t.dim() != 1:
+            raise DempError(f"mask for site '{name}' must be a 1-D BoolTensor, got "
+                            f"{t.dtype} of shape {tuple(t.shape)}")
+        if t.numel() != widths[name]:
+            raise DempError(f"mask for site '{name}' has {t.numel()} entries but the site has "
+                            f"{widths[name]} units")
+        masks[name] = t.cpu()
+    return masks
+
+
+def _check_finite(model: nn.Module) -> None:
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise DempError(f"parameter '{name}' holds NaN or inf (did training diverge? lower "
+                            "the learning rate or reg_peak); nothing was removed")
+
+
+def remove_units(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
+                 optimizer: Optional[torch.optim.Optimizer] = None, *, min_units: int = 1,
+                 exact: bool = True) -> RemovalReport:
+    """Remove the given units from ``model`` in place and slice ``optimizer``'s state to match.
+
+    ``dead`` maps site names to BoolTensors (True = remove).  With ``exact`` (the default)
+    a unit goes only when removal keeps the network's function on the data the masks came
+    from; dead units that must stay are reported with the reason.  ``exact=False`` removes
+    marked units even if they are live (used by the baselines).
+    """
+    start = time.perf_counter()
+    if min_units < 1:
+        raise DempError(f"min_units must be >= 1 (a layer may never reach zero width), got {min_units}")
+    if not isinstance(dead, Mapping):
+        raise DempError("dead must be a dict {site name: BoolTensor}, as returned by find_dead_units")
+    check_device(model, example_inputs, "example_inputs")
+    if optimizer is not None:
+        check_optimizer(optimizer, model)
+    _check_finite(model)
+    with _recording(lambda old, new, s: None):
+        dg, site_nodes, widths = build_graph(model, example_inputs)
+    if not widths:
+        raise DempError(f"{type(model).__name__} has no ReLU site (nn.ReLU, F.relu, torch.relu)")
+    masks = _validate_masks(dead, widths)
+    full = {n: masks.get(n, torch.zeros(w, dtype=torch.bool)) for n, w in widths.items()}
+    params_before = count_params(model)
+    sites = {n: SiteRemoval(w, dead=int(full[n].sum())) for n, w in widths.items()}
+    for n in widths:
+        if n not in site_nodes and sites[n].dead:
+            sites[n].kept_dead = sites[n].dead
+            sites[n].reasons["its output does not reach the model output"] = sites[n].dead
+
+    analysis = _Analysis(dg, site_nodes, full, exact, min_units)
+    plans: list[tuple[_Group, list[int]]] = []
+    seen: set[frozenset] = set()
+    for name in site_nodes:
+        if not full[name].any() and exact:
+            continue
+        g = analysis.group(name)
+        key = frozenset(g.sites)
+        if key in seen:
+            continue
+        seen.add(key)
+        gone = g.removable.nonzero().flatten().tolist()
+        for sname, it in g.sites.items():
+            removed = torch.zeros(full[sname].numel(), dtype=torch.bool)
+            idx = torch.as_tensor(it.idxs, dtype=torch.long)
+            removed[idx] = g.removable[torch.as_tensor(it.root_idxs, dtype=torch.long)]
+            rec = sites[sname]
+            allowed = torch.zeros_like(removed)
+            allowed[idx] = g.allowed[torch.as_tensor(it.root_idxs, dtype=torch.long)]
+            rec.removed = int(removed.sum())
+            kept = full[sname] & ~removed
+            rec.kept_dead = int(kept.sum())
+            floor = int((kept & allowed).sum())
+            if floor:
+                rec.reasons["minimum width, whole GroupNorm groups or balanced grouped conv"] = floor
+            if rec.kept_dead - floor:
+                reason = g.blocked or ("a unit it is tied to is not dead (coupled channels)"
+                                       if exact else "not marked at every coupled site")
+                rec.reasons[reason] = rec.kept_dead - floor
+        if gone:
+            plans.append((g, gone))
+
+    def on_replace(old, new, slicer):
+        if optimizer is not None:
+            move_optimizer_state(optimizer, old, new, slicer)
+
+    with _recording(on_replace):
+        for g, gone in plans:
+            root = site_nodes[g.root_site].module
+            gn_per = {it.node.module: it.node.module.num_channels // it.node.module.num_groups
+                      for it in g.items if isinstance(it.node.module, nn.GroupNorm)}
+            pruner = dg.get_pruner_of_module(root)
+            dg.get_pruning_group(root, pruner.prune_out_channels, gone).prune(record_history=False)
+            for gn, per in gn_per.items():
+                gn.num_groups = gn.num_channels // per
+    return RemovalReport(units_before=sum(widths.values()),
+                         units_removed=sum(s.removed for s in sites.values()),
+                         params_before=params_before, params_after=count_params(model),
+                         sites=sites, seconds=time.perf_counter() - start)
