@@ -1,2 +1,15 @@
-"""demp: Demon Pruning (DemP) for PyTorch."""
+"""demp: Demon Pruning (DemP) for PyTorch.
+
+Trains a network while pushing ReLU units to death (scheduled L1 on normalisation scales,
+live-only noise) and physically removing the dead ones, optimizer state included.
+"""
+from .detection import Site, UnitScan, find_dead_units, list_sites, scan_units
+from .errors import DempError
+from .pruner import DemonPruner, DemPConfig, RemovalEvent
+from .skip import ChannelSelect
+from .surgery import RemovalReport, SiteRemoval, count_params, remove_units
+
 __version__ = "0.1.0"
+__all__ = ["ChannelSelect", "DempError", "DemonPruner", "DemPConfig", "RemovalEvent",
+           "RemovalReport", "Site", "SiteRemoval", "UnitScan", "count_params",
+           "find_dead_units", "list_sites", "remove_units", "scan_units"]

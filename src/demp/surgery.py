@@ -205,6 +205,27 @@ def _zero_preserving(node: Any) -> bool:
     return name in _ZERO_PRESERVING or name.startswith(_ZERO_PRESERVING_PREFIXES)
 
 
+_LINEAR_INTERNAL = frozenset({"addmm", "mm", "bmm", "matmul"})
+"""Matmuls that nn.Linear runs on 3-D inputs; tracing shows them as separate ops."""
+
+
+def _linear_internal(node: Any) -> bool:
+    """An autograd matmul that only feeds Linear layers: part of the layer, not a data op."""
+    return (isinstance(node.module, tp_ops._ElementWiseOp) and _op_name(node) in _LINEAR_INTERNAL
+            and bool(node.outputs) and all(isinstance(o.module, nn.Linear) for o in node.outputs))
+
+
+def _data_inputs(node: Any) -> list[Any]:
+    """The nodes whose values a layer reads, looking through a Linear's own matmul."""
+    out = []
+    for inp in node.inputs:
+        if _linear_internal(inp):
+            out.extend(i for i in inp.inputs if i.inputs or not isinstance(i.module, tp_ops._ElementWiseOp))
+        else:
+            out.append(inp)
+    return out
+
+
 def _is_consumer(dg: tp.DependencyGraph, item: _Item) -> bool:
     """A layer that mixes the group's channels into others: its input must see zeros."""
     m = item.node.module
@@ -230,7 +251,7 @@ def _blocking_member(item: _Item, exact: bool) -> str:
         return ""
     if isinstance(m, tp_ops._ElementWiseOp) and (
             not item.node.inputs  # an op on a weight (e.g. Linear's transpose), not on data
-            or _op_name(item.node) in _CHANNELWISE or _zero_preserving(item.node)):
+            or _linear_internal(item.node) or _op_name(item.node) in _CHANNELWISE or _zero_preserving(item.node)):
         return ""
     return f"unsupported operation {item.node.module!r} is tied to its channels"
 
@@ -311,7 +332,7 @@ class _Analysis:
             if _is_consumer(self.dg, it):
                 has_consumer = True
                 reads = torch.zeros(g.root_width, dtype=torch.bool)
-                for inp in it.node.inputs:
+                for inp in _data_inputs(it.node):
                     reads |= zero(inp)
                 covered = torch.zeros(g.root_width, dtype=torch.bool)
                 covered[torch.as_tensor(it.root_idxs, dtype=torch.long)] = True
@@ -446,56 +467,56 @@ def remove_units(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
     if optimizer is not None:
         check_optimizer(optimizer, model)
     _check_finite(model)
-    with _recording(lambda old, new, s: None):
-        dg, site_nodes, widths = build_graph(model, example_inputs)
-    if not widths:
-        raise DempError(f"{type(model).__name__} has no ReLU site (nn.ReLU, F.relu, torch.relu)")
-    masks = _validate_masks(dead, widths)
-    full = {n: masks.get(n, torch.zeros(w, dtype=torch.bool)) for n, w in widths.items()}
-    params_before = count_params(model)
-    sites = {n: SiteRemoval(w, dead=int(full[n].sum())) for n, w in widths.items()}
-    for n in widths:
-        if n not in site_nodes and sites[n].dead:
-            sites[n].kept_dead = sites[n].dead
-            sites[n].reasons["its output does not reach the model output"] = sites[n].dead
-
-    analysis = _Analysis(dg, site_nodes, full, exact, min_units)
-    plans: list[tuple[_Group, list[int]]] = []
-    seen: set[frozenset] = set()
-    for name in site_nodes:
-        if not full[name].any() and exact:
-            continue
-        g = analysis.group(name)
-        key = frozenset(g.sites)
-        if key in seen:
-            continue
-        seen.add(key)
-        gone = g.removable.nonzero().flatten().tolist()
-        for sname, it in g.sites.items():
-            removed = torch.zeros(full[sname].numel(), dtype=torch.bool)
-            idx = torch.as_tensor(it.idxs, dtype=torch.long)
-            removed[idx] = g.removable[torch.as_tensor(it.root_idxs, dtype=torch.long)]
-            rec = sites[sname]
-            allowed = torch.zeros_like(removed)
-            allowed[idx] = g.allowed[torch.as_tensor(it.root_idxs, dtype=torch.long)]
-            rec.removed = int(removed.sum())
-            kept = full[sname] & ~removed
-            rec.kept_dead = int(kept.sum())
-            floor = int((kept & allowed).sum())
-            if floor:
-                rec.reasons["minimum width, whole GroupNorm groups or balanced grouped conv"] = floor
-            if rec.kept_dead - floor:
-                reason = g.blocked or ("a unit it is tied to is not dead (coupled channels)"
-                                       if exact else "not marked at every coupled site")
-                rec.reasons[reason] = rec.kept_dead - floor
-        if gone:
-            plans.append((g, gone))
-
     def on_replace(old, new, slicer):
         if optimizer is not None:
             move_optimizer_state(optimizer, old, new, slicer)
 
+    # one recording context for tracing and pruning: the graph binds the patched handlers
     with _recording(on_replace):
+        dg, site_nodes, widths = build_graph(model, example_inputs)
+        if not widths:
+            raise DempError(f"{type(model).__name__} has no ReLU site (nn.ReLU, F.relu, torch.relu)")
+        masks = _validate_masks(dead, widths)
+        full = {n: masks.get(n, torch.zeros(w, dtype=torch.bool)) for n, w in widths.items()}
+        params_before = count_params(model)
+        sites = {n: SiteRemoval(w, dead=int(full[n].sum())) for n, w in widths.items()}
+        for n in widths:
+            if n not in site_nodes and sites[n].dead:
+                sites[n].kept_dead = sites[n].dead
+                sites[n].reasons["its output does not reach the model output"] = sites[n].dead
+
+        analysis = _Analysis(dg, site_nodes, full, exact, min_units)
+        plans: list[tuple[_Group, list[int]]] = []
+        seen: set[frozenset] = set()
+        for name in site_nodes:
+            if not full[name].any() and exact:
+                continue
+            g = analysis.group(name)
+            key = frozenset(g.sites)
+            if key in seen:
+                continue
+            seen.add(key)
+            gone = g.removable.nonzero().flatten().tolist()
+            for sname, it in g.sites.items():
+                removed = torch.zeros(full[sname].numel(), dtype=torch.bool)
+                idx = torch.as_tensor(it.idxs, dtype=torch.long)
+                removed[idx] = g.removable[torch.as_tensor(it.root_idxs, dtype=torch.long)]
+                rec = sites[sname]
+                allowed = torch.zeros_like(removed)
+                allowed[idx] = g.allowed[torch.as_tensor(it.root_idxs, dtype=torch.long)]
+                rec.removed = int(removed.sum())
+                kept = full[sname] & ~removed
+                rec.kept_dead = int(kept.sum())
+                floor = int((kept & allowed).sum())
+                if floor:
+                    rec.reasons["minimum width, whole GroupNorm groups or balanced grouped conv"] = floor
+                if rec.kept_dead - floor:
+                    reason = g.blocked or ("a unit it is tied to is not dead (coupled channels)"
+                                           if exact else "not marked at every coupled site")
+                    rec.reasons[reason] = rec.kept_dead - floor
+            if gone:
+                plans.append((g, gone))
+
         for g, gone in plans:
             root = site_nodes[g.root_site].module
             gn_per = {it.node.module: it.node.module.num_channels // it.node.module.num_groups

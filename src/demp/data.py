@@ -1,0 +1,787 @@
+"""Datasets as uint8 tensors decoded once and cached, with augmentation done on whole batches.
+
+Small image datasets (Fashion-MNIST, CIFAR-10, a synthetic set) live in memory as uint8
+``(N, C, H, W)`` tensors: decoding happens once, the arrays are cached as ``.npy`` files, and
+``BatchLoader`` crops, flips and normalises a whole batch with a few tensor ops, so the data
+side costs little next to a CNN training step on CPU.  ImageNet-style folders are too large
+for that and go through the lazy ``ImageFolderDataset`` with a ``torch.utils.data.DataLoader``.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import math
+import multiprocessing
+import os
+import pickle
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import uuid
+import warnings
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+DATASETS = ("fashion_mnist", "cifar10", "synthetic")
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_CACHE_VERSION = 1
+_POOL_MIN_IMAGES = 4096  # below this a process pool costs more than it saves
+_CHUNK = 2048
+_CIFAR_FORMS = (
+    "CIFAR-10 is read from any of: (a) the official python folder 'cifar-10-batches-py' "
+    "(data_batch_1..5, test_batch, batches.meta); (b) an image folder 'train/<class>/*.jpg|png' "
+    "and 'test/<class>/*.jpg|png'; (c) a zip of such a folder (e.g. cifar10-jpeg.zip). "
+    "Point data.root (or the DEMP_DATA environment variable) at one of these or at a folder "
+    "holding one."
+)
+
+
+class DataError(Exception):
+    """A data problem the user can fix; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class Splits:
+    """An in-memory dataset: uint8 images, int64 labels, class names and train-set statistics."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        """Reject malformed arrays early, where the mistake is made rather than in training."""
+        for x, y, part in ((self.train_x, self.train_y, "train"), (self.test_x, self.test_y, "test")):
+            if x.dtype != torch.uint8 or x.dim() != 4:
+                raise ValueError(f"{part}_x must be uint8 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+            if y.dtype != torch.int64 or y.shape != (x.shape[0],):
+                raise ValueError(f"{part}_y must be int64 of shape ({x.shape[0]},), got {y.dtype} {tuple(y.shape)}")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (length of ``classes``)."""
+        return len(self.classes)
+
+    @property
+    def in_channels(self) -> int:
+        """Image channels (1 for Fashion-MNIST, 3 for CIFAR-10)."""
+        return int(self.train_x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        """Image side in pixels (the in-memory datasets have square images)."""
+        return int(self.train_x.shape[2])
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and std in [0, 1] units of a uint8 (N, C, H, W) tensor, via histograms."""
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        counts = torch.bincount(x[:, c].reshape(-1), minlength=256).to(torch.float64)
+        p = counts / counts.sum()
+        mean = float((p * values).sum())
+        means.append(mean)
+        stds.append(math.sqrt(max(float((p * (values - mean) ** 2).sum()), 0.0)))
+    return tuple(means), tuple(stds)
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+_FASHION_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Parse an IDX file (gzipped if the name ends in .gz) of unsigned bytes into an array."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}. Re-download or reinstall it.") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number). "
+                        "Re-download or reinstall it.")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) != header + math.prod(dims):
+        raise DataError(f"{path} is truncated or padded: header says {dims}, "
+                        f"file has {len(raw) - header} data bytes. Re-download or reinstall it.")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
+
+
+def _fashion_files(root: str | None) -> dict[str, Path]:
+    """Locate the four Fashion-MNIST IDX files (.gz or uncompressed) or explain how to get them."""
+    folder = Path(root) if root else Path(FASHION_MNIST_DIR)
+    found, missing = {}, []
+    for key, stem in _FASHION_FILES.items():
+        candidates = [folder / f"{stem}.gz", folder / stem]
+        hit = next((p for p in candidates if p.is_file()), None)
+        if hit is None:
+            missing.append(f"{stem}.gz")
+        else:
+            found[key] = hit
+    if missing:
+        raise DataError(
+            f"Fashion-MNIST not found in {folder}: missing {', '.join(missing)}. Install it with "
+            "`apt-get update && apt-get install -y dataset-fashion-mnist` (files land in "
+            f"{FASHION_MNIST_DIR}), or put the four IDX .gz files in a folder and set data.root to it."
+        )
+    return found
+
+
+def _decode_fashion(files: dict[str, Path]) -> Splits:
+    """Decode the four IDX files into a Splits."""
+    arrays = {key: read_idx(path) for key, path in files.items()}
+    for part in ("train", "test"):
+        x, y = arrays[f"{part}_x"], arrays[f"{part}_y"]
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"Fashion-MNIST {part} files disagree: images {x.shape}, labels {y.shape} "
+                            f"({files[f'{part}_x']}, {files[f'{part}_y']}). Re-download them.")
+    return _make_splits(
+        arrays["train_x"][:, None], arrays["train_y"], arrays["test_x"][:, None], arrays["test_y"],
+        list(FASHION_MNIST_CLASSES),
+    )
+
+
+# ----------------------------------------------------------------------------- CIFAR-10 sources
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a CIFAR-10 copy lives and in which of the three accepted forms."""
+
+    kind: str  # "pickle" | "folder" | "zip"
+    path: Path
+
+
+def _detect_cifar(path: Path, depth: int = 1) -> _Source | None:
+    """Recognise one of the accepted CIFAR-10 forms at ``path`` or (one level) inside it."""
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"{path} is not a zip archive (or it is damaged). {_CIFAR_FORMS}")
+        return _Source("zip", path)
+    if not path.is_dir():
+        return None
+    if (path / "data_batch_1").is_file():
+        return _Source("pickle", path)
+    if (path / "train").is_dir():
+        return _Source("folder", path)
+    if depth > 0:
+        children = sorted(p for p in path.iterdir() if "cifar" in p.name.lower())
+        for child in children:
+            if child.is_dir() or child.suffix.lower() == ".zip":
+                found = _detect_cifar(child, depth - 1)
+                if found:
+                    return found
+    return None
+
+
+def _cifar_source(root: str | None) -> _Source:
+    """Find CIFAR-10 at ``root`` or, when not given, at DEMP_DATA or ../shared/data/cifar10-jpeg.zip."""
+    if root:
+        path = Path(root).expanduser()
+        if not path.exists():
+            raise DataError(f"CIFAR-10 root {path} does not exist. {_CIFAR_FORMS}")
+        found = _detect_cifar(path)
+        if found is None:
+            raise DataError(f"no CIFAR-10 found at {path}. {_CIFAR_FORMS}")
+        return found
+    repo = Path(__file__).resolve().parents[2]
+    candidates = [Path(p) for p in [os.environ.get("DEMP_DATA")] if p]
+    candidates += [Path.cwd().parent / "shared/data/cifar10-jpeg.zip",
+                   repo.parent / "shared/data/cifar10-jpeg.zip"]
+    for path in candidates:
+        found = _detect_cifar(path) if path.exists() else None
+        if found:
+            return found
+    raise DataError(f"CIFAR-10 not found (looked in {', '.join(map(str, candidates))}). {_CIFAR_FORMS}")
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that only builds numpy arrays, so a CIFAR batch file cannot run arbitrary code."""
+
+    _ALLOWED = {"_reconstruct", "ndarray", "dtype", "_frombuffer", "scalar"}
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] == "numpy" and name in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _load_batch(path: Path) -> dict:
+    """Load one CIFAR python batch file (dict with bytes keys)."""
+    try:
+        with open(path, "rb") as f:
+            return _ArrayUnpickler(f, encoding="bytes").load()
+    except FileNotFoundError as e:
+        raise DataError(f"CIFAR-10 batch file {path} is missing. {_CIFAR_FORMS}") from e
+    except Exception as e:  # unpickling raises many types on damaged files
+        raise DataError(f"cannot read CIFAR-10 batch file {path}: {e}. Re-download the python version.") from e
+
+
+def _decode_cifar_pickle(folder: Path) -> Splits:
+    """Decode the official 'cifar-10-batches-py' folder."""
+    def part(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for name in names:
+            batch = _load_batch(folder / name)
+            try:
+                xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            except (KeyError, ValueError) as e:
+                raise DataError(f"{folder / name} is not a CIFAR-10 batch ({e}). Re-download it.") from e
+        return np.concatenate(xs), np.concatenate(ys)
+
+    train_x, train_y = part([f"data_batch_{i}" for i in range(1, 6)])
+    test_x, test_y = part(["test_batch"])
+    meta = _load_batch(folder / "batches.meta")
+    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(b"label_names", [])]
+    return _make_splits(train_x, train_y, test_x, test_y, classes)
+
+
+def _is_image_member(name: str) -> bool:
+    """True for image files, skipping hidden files and macOS resource forks inside archives."""
+    parts = name.split("/")
+    return (name.lower().endswith(IMAGE_EXTENSIONS)
+            and not any(p.startswith(".") or p == "__MACOSX" for p in parts))
+
+
+def _index_images(names: Sequence[str], where: Path) -> tuple[dict[str, list[tuple[str, int]]], list[str]]:
+    """Group '<...>/train|test/<class>/<file>' names into per-split (name, label) lists.
+
+    Classes are the sorted training class names.  Within a split, files are interleaved across
+    classes (one of each class in turn), so that keeping the first N examples stays balanced.
+    """
+    by_split: dict[str, dict[str, list[str]]] = {"train": {}, "test": {}}
+    for name in names:
+        parts = name.split("/")
+        if len(parts) >= 3 and parts[-3] in by_split and _is_image_member(name):
+            by_split[parts[-3]].setdefault(parts[-2], []).append(name)
+    classes = sorted(by_split["train"])
+    if not classes or not by_split["test"]:
+        raise DataError(f"no images under train/<class>/ and test/<class>/ in {where}. {_CIFAR_FORMS}")
+    unknown = sorted(set(by_split["test"]) - set(classes))
+    if unknown:
+        raise DataError(f"test classes {unknown} in {where} have no training folder; "
+                        "train/ and test/ must hold the same class folders.")
+    label = {c: i for i, c in enumerate(classes)}
+    indexed = {}
+    for split, groups in by_split.items():
+        queues = [[(n, label[c]) for n in sorted(groups[c])] for c in sorted(groups)]
+        longest = max(len(q) for q in queues)
+        indexed[split] = [q[i] for i in range(longest) for q in queues if i < len(q)]
+    return indexed, classes
+
+
+def _decode_image(data: bytes | str, what: str) -> np.ndarray:
+    """Decode one JPEG/PNG (bytes or a path) to an (H, W, 3) uint8 array; DataError names the file."""
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data,
+                        formats=("JPEG", "PNG")) as img:
+            return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot decode image {what}: {e}. The file is corrupt or not a JPEG/PNG; "
+                        "replace or delete it.") from e
+
+
+def _decode_chunk(items: list[tuple[str, bytes | str]]) -> np.ndarray:
+    """Decode (name, bytes or path) images into one (n, H, W, 3) array; all must share one size."""
+    out = None
+    for i, (what, data) in enumerate(items):
+        img = _decode_image(data, what)
+        if out is None:
+            out = np.empty((len(items),) + img.shape, dtype=np.uint8)
+        elif img.shape != out.shape[1:]:
+            raise DataError(f"image {what} is {img.shape[1]}x{img.shape[0]} but the others are "
+                            f"{out.shape[2]}x{out.shape[1]}; in-memory datasets need one size "
+                            "(use ImageFolderDataset for mixed sizes).")
+        out[i] = img
+    return out
+
+
+def _workers() -> int:
+    """CPU cores this process may use (capped at 8)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def decode_images(items: Sequence[tuple[str, bytes | str]]) -> np.ndarray:
+    """Decode (name, bytes or path) images to uint8 (n, 3, H, W), in parallel processes when many."""
+    chunks = [list(items[i:i + _CHUNK]) for i in range(0, len(items), _CHUNK)]
+    workers = min(_workers(), len(chunks))
+    if workers > 1 and len(items) >= _POOL_MIN_IMAGES and "fork" in multiprocessing.get_all_start_methods():
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_decode_chunk, chunks))
+    else:
+        parts = [_decode_chunk(chunk) for chunk in chunks]
+    for chunk, part in zip(chunks, parts):
+        if part.shape[1:] != parts[0].shape[1:]:
+            raise DataError(f"image {chunk[0][0]} is {part.shape[2]}x{part.shape[1]} but {chunks[0][0][0]} is "
+                            f"{parts[0].shape[2]}x{parts[0].shape[1]}; in-memory datasets need one size "
+                            "(use ImageFolderDataset for mixed sizes).")
+    return np.ascontiguousarray(np.concatenate(parts).transpose(0, 3, 1, 2))
+
+
+def _read_members(archive: Path, names: Sequence[str]) -> list[tuple[str, bytes]]:
+    """Read zip members into memory (fast; decoding them is the slow part)."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            return [(f"{archive}:{name}", zf.read(name)) for name in names]
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"cannot read {archive}: {e}. Re-download or re-create the zip.") from e
+
+
+def _decode_cifar_images(source: _Source) -> Splits:
+    """Decode an image folder or a zip of one (train|test/<class>/<image>)."""
+    if source.kind == "zip":
+        try:
+            with zipfile.ZipFile(source.path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DataError(f"cannot open zip {source.path}: {e}. Re-download or re-create it.") from e
+    else:
+        names = [Path(d, f).relative_to(source.path).as_posix() for split in ("train", "test")
+                 for d, _, files in os.walk(source.path / split) for f in files]
+    indexed, classes = _index_images(names, source.path)
+    train, test = indexed["train"], indexed["test"]
+    members = [n for n, _ in train + test]
+    if source.kind == "zip":
+        x = decode_images(_read_members(source.path, members))
+    else:
+        x = decode_images([(str(source.path / n), str(source.path / n)) for n in members])
+    labels = np.array([label for _, label in train + test], dtype=np.int64)
+    return _make_splits(x[:len(train)], labels[:len(train)], x[len(train):], labels[len(train):], classes)
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+def make_synthetic(n_train: int = 512, n_test: int = 256, *, num_classes: int = 10,
+                   channels: int = 3, size: int = 16, seed: int = 0) -> Splits:
+    """A seeded toy dataset: each class is a smooth random pattern plus pixel noise, learnable in seconds."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(num_classes, channels, 4, 4, generator=g)
+    patterns = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
+        noise = torch.randn(n, channels, size, size, generator=g)
+        x = (0.2 + 0.6 * patterns[y] + 0.12 * noise).clamp(0, 1)
+        return (x * 255).round().to(torch.uint8), y
+
+    train_x, train_y = draw(n_train)
+    test_x, test_y = draw(n_test)
+    mean, std = channel_stats(train_x)
+    return Splits(train_x, train_y, test_x, test_y, [f"class{i}" for i in range(num_classes)], mean, std)
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def _make_splits(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                 classes: list[str]) -> Splits:
+    """Wrap decoded numpy arrays as a Splits with train-set statistics."""
+    tx = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.uint8))
+    mean, std = channel_stats(tx)
+    return Splits(tx, torch.from_numpy(np.asarray(train_y, dtype=np.int64)),
+                  torch.from_numpy(np.ascontiguousarray(test_x, dtype=np.uint8)),
+                  torch.from_numpy(np.asarray(test_y, dtype=np.int64)), classes, mean, std)
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    """The cache folder: ``cache_dir``, else $DEMP_CACHE, else ~/.cache/demp."""
+    return Path(cache_dir or os.environ.get("DEMP_CACHE") or Path.home() / ".cache" / "demp").expanduser()
+
+
+def _fingerprint(paths: Sequence[Path]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of each file: changes whenever a source file is replaced or edited."""
+    out = []
+    for p in paths:
+        st = p.stat()
+        out.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
+    return sorted(out)
+
+
+def _source_files(source: _Source | dict[str, Path]) -> list[Path]:
+    """The files whose size and mtime key the cache of a dataset."""
+    if isinstance(source, dict):
+        return list(source.values())
+    if source.kind == "zip":
+        return [source.path]
+    if source.kind == "pickle":
+        return [source.path / f for f in os.listdir(source.path) if (source.path / f).is_file()]
+    return [Path(d, f) for split in ("train", "test") for d, _, files in os.walk(source.path / split)
+            for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+
+
+def cache_folder(name: str, source_files: Sequence[Path], cache_dir: str | None = None) -> Path:
+    """Cache folder of a dataset, keyed by its name and the path, size and mtime of its source files."""
+    key = json.dumps([_CACHE_VERSION, name, _fingerprint(source_files)])
+    return cache_root(cache_dir) / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _read_cache(folder: Path) -> Splits | None:
+    """Load a cached dataset, or None when absent or unreadable (a damaged entry is removed)."""
+    if not (folder / "meta.json").is_file():
+        return None
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        arrays = [torch.from_numpy(np.load(folder / f"{k}.npy")) for k in ("train_x", "train_y", "test_x", "test_y")]
+        return Splits(*arrays, meta["classes"], tuple(meta["mean"]), tuple(meta["std"]))
+    except (OSError, ValueError, KeyError) as e:
+        warnings.warn(f"ignoring damaged cache {folder} ({e}); decoding again")
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def _write_cache(folder: Path, splits: Splits) -> None:
+    """Save a dataset as .npy files in a temporary folder, then rename it into place atomically."""
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir(parents=True)
+        for key in ("train_x", "train_y", "test_x", "test_y"):
+            np.save(tmp / f"{key}.npy", getattr(splits, key).numpy())
+        meta = {"classes": splits.classes, "mean": splits.mean, "std": splits.std}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.replace(tmp, folder)
+    except OSError as e:
+        if not (folder / "meta.json").is_file():  # a concurrent writer winning the rename is fine
+            warnings.warn(f"could not write the data cache {folder} ({e}); set DEMP_CACHE or "
+                          "cache_dir to a writable folder to avoid decoding on every run")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- load_dataset
+
+
+def load_dataset(name: str, root: str | None = None, subset: int | None = None,
+                 cache_dir: str | None = None, seed: int = 0) -> Splits:
+    """Load an in-memory dataset (decoded once, then read from the cache).
+
+    ``subset`` keeps at most the first N training examples (the test set is untouched);
+    ``seed`` only affects ``synthetic``, the others are fixed files.
+    """
+    if name == "imagefolder":
+        raise ValueError("'imagefolder' is read lazily: use ImageFolderDataset(root, split) "
+                         "with a torch DataLoader instead of load_dataset")
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)} "
+                         "(and 'imagefolder' via ImageFolderDataset)")
+    if subset is not None and subset < 1:
+        raise ValueError(f"subset must be a positive number of training examples, got {subset}")
+    if name == "synthetic":
+        splits = make_synthetic(seed=seed)
+    else:
+        source = _fashion_files(root) if name == "fashion_mnist" else _cifar_source(root)
+        folder = cache_folder(name, _source_files(source), cache_dir)
+        splits = _read_cache(folder)
+        if splits is None:
+            splits = _decode(source)
+            _write_cache(folder, splits)
+    if subset is not None and subset < len(splits.train_y):
+        train_x, train_y = splits.train_x[:subset].clone(), splits.train_y[:subset].clone()
+        mean, std = channel_stats(train_x)
+        splits = Splits(train_x, train_y, splits.test_x, splits.test_y, splits.classes, mean, std)
+    return splits
+
+
+def _decode(source: _Source | dict[str, Path]) -> Splits:
+    """Decode a dataset from its source files (the slow path the cache avoids)."""
+    if isinstance(source, dict):
+        return _decode_fashion(source)
+    if source.kind == "pickle":
+        return _decode_cifar_pickle(source.path)
+    return _decode_cifar_images(source)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+@dataclass
+class Augment:
+    """Training augmentation: zero-pad + random crop, random horizontal flip, optional resize."""
+
+    crop_pad: int = 4
+    flip: bool = True
+    resize: int | None = None
+
+    def __post_init__(self) -> None:
+        """Reject settings that cannot work."""
+        if self.crop_pad < 0:
+            raise ValueError(f"crop_pad must be >= 0, got {self.crop_pad}")
+        if self.resize is not None and self.resize < 1:
+            raise ValueError(f"resize must be a positive size or None, got {self.resize}")
+
+
+def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
+    """Crop each image of a zero-padded batch at its own (dy, dx) in [0, 2*pad], mirrored where ``flips``.
+
+    One gather over the whole batch, so the cost does not grow with python per-image work.
+    """
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad)) if pad else x
+    wp = w + 2 * pad
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    cols = torch.where(flips[:, None], w - 1 - cols, cols) + offsets[:, 1:2]
+    rows = offsets[:, 0:1] + torch.arange(h, device=x.device)
+    index = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
+    return padded.reshape(b, c, -1).gather(2, index).reshape(b, c, h, w)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], resize: int | None = None) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 ``(x/255 - mean) / std``, optionally resized (bilinear) to ``resize``."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    out = x.to(torch.float32).mul_(1.0 / 255).sub_(mean_t).div_(std_t)
+    if resize is not None and resize != out.shape[-1]:
+        out = F.interpolate(out, size=(resize, resize), mode="bilinear", align_corners=False,
+                            antialias=resize < out.shape[-1])
+    return out
+
+
+class BatchLoader:
+    """Iterates (x float32 normalised (B,C,H,W), y int64) over in-memory uint8 images.
+
+    With ``train=True`` the order is shuffled and ``augment`` applied, both drawn per epoch from
+    the loader's own ``torch.Generator(seed)``; with ``train=False`` the order is fixed and only
+    ``augment.resize`` applies.  Iterating yields the remaining batches of the current epoch, then
+    the next ``iter`` starts the next epoch.  ``state_dict``/``load_state_dict`` resume an
+    interrupted epoch exactly: same remaining batches, same order, same augmentation.
+    """
+
+    def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int, *,
+                 mean: Sequence[float], std: Sequence[float], train: bool, augment: Augment | None,
+                 seed: int = 0, drop_last: bool = False, device: str | torch.device = "cpu"):
+        if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
+            raise ValueError(f"x_uint8 must be uint8 (N, C, H, W), got {x_uint8.dtype} {tuple(x_uint8.shape)}")
+        if y.shape != (x_uint8.shape[0],):
+            raise ValueError(f"y must have shape ({x_uint8.shape[0]},), got {tuple(y.shape)}")
+        if len(mean) != x_uint8.shape[1] or len(std) != x_uint8.shape[1]:
+            raise ValueError(f"mean/std need {x_uint8.shape[1]} values (one per channel), got {len(mean)}/{len(std)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if drop_last and batch_size > len(y):
+            raise ValueError(f"batch_size {batch_size} > {len(y)} examples with drop_last=True yields no batches")
+        self.device = torch.device(device)
+        self.x = x_uint8.to(self.device)  # kept whole on the device: batches never cross the bus
+        self.y = y.to(device=self.device, dtype=torch.int64)
+        self.batch_size = batch_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.train, self.augment, self.drop_last = train, augment, drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch, self.position = 0, 0
+        self._epoch_state = self.generator.get_state()
+        self._plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Order, crop offsets and flips for every position of this epoch, drawn once per epoch."""
+        if self._plan is None:
+            n, g = len(self.y), self.generator
+            order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
+            pad = self.augment.crop_pad if self.train and self.augment else 0
+            offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=g) if pad else torch.full((n, 2), pad)
+            use_flip = self.train and self.augment is not None and self.augment.flip
+            flips = torch.rand(n, generator=g) < 0.5 if use_flip else torch.zeros(n, dtype=torch.bool)
+            self._plan = (order, offsets, flips)
+        return self._plan
+
+    def _batch(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Build the batch starting at ``start`` in the epoch order."""
+        order, offsets, flips = self._epoch_plan()
+        sl = slice(start, start + self.batch_size)
+        idx = order[sl].to(self.device)
+        x = self.x.index_select(0, idx)
+        if self.train and self.augment and (self.augment.crop_pad or self.augment.flip):
+            x = crop_flip(x, offsets[sl].to(self.device), flips[sl].to(self.device), self.augment.crop_pad)
+        resize = self.augment.resize if self.augment else None
+        return normalize(x, self.mean, self.std, resize), self.y.index_select(0, idx)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield the remaining batches of the current epoch; the epoch ends with its last batch."""
+        for pos in range(self.position, len(self)):
+            batch = self._batch(pos * self.batch_size)
+            self.position = pos + 1
+            if self.position == len(self):
+                self.epoch, self.position, self._plan = self.epoch + 1, 0, None
+                self._epoch_state = self.generator.get_state()
+            yield batch
+
+    def state_dict(self) -> dict:
+        """Epoch, batches already yielded in it, and the generator state at the start of the epoch."""
+        return {"epoch": self.epoch, "position": self.position, "generator": self._epoch_state.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume from ``state_dict()``: the next iteration yields the rest of that epoch."""
+        missing = {"epoch", "position", "generator"} - set(state)
+        if missing:
+            raise ValueError(f"loader state is missing {sorted(missing)}")
+        if not 0 <= state["position"] <= len(self):
+            raise ValueError(f"loader state position {state['position']} is outside 0..{len(self)} "
+                             "(was it saved with another dataset or batch size?)")
+        self.generator.set_state(state["generator"])
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._epoch_state, self._plan = state["generator"].clone(), None
+
+
+def probe_batches(splits: Splits, n_images: int, batch_size: int = 512, resize: int | None = None) -> list[torch.Tensor]:
+    """The first ``n_images`` training images (at most all), normalised and unaugmented, in batches."""
+    if n_images < 1:
+        raise ValueError(f"n_images must be >= 1, got {n_images}")
+    return [normalize(x, splits.mean, splits.std, resize)
+            for x in splits.train_x[:n_images].split(batch_size)]
+
+
+# ----------------------------------------------------------------------------- ImageNet-style folders
+
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """``root/<split>/<class>/<image>`` decoded lazily with Pillow, for folders too large for memory.
+
+    Training: random-resized-crop + horizontal flip (torch's global RNG, which DataLoader seeds
+    per worker); evaluation: resize the short side to ``image_size / crop_fraction`` and crop the
+    centre.  Items are (normalised float (3, S, S), label).
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train", *, image_size: int = 224,
+                 train: bool | None = None, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), crop_fraction: float = 0.875,
+                 classes: Sequence[str] | None = None):
+        folder = Path(root) / split
+        if not folder.is_dir():
+            raise DataError(f"image folder {folder} does not exist; expected {root}/{split}/<class>/*.jpg|png "
+                            "(set data.root to the folder holding the split folders)")
+        self.classes = list(classes) if classes is not None else sorted(
+            p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.samples: list[tuple[str, int]] = []
+        for label, name in enumerate(self.classes):
+            for d, _, files in sorted(os.walk(folder / name)):
+                self.samples += [(os.path.join(d, f), label) for f in sorted(files) if _is_image_member(f)]
+        if not self.samples:
+            raise DataError(f"no .jpg/.jpeg/.png images in {folder}/<class>/; expected {root}/{split}/<class>/*.jpg")
+        self.image_size, self.train = image_size, split == "train" if train is None else train
+        self.mean, self.std = torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+        self.scale, self.ratio, self.crop_fraction = scale, ratio, crop_fraction
+
+    def __len__(self) -> int:
+        """Number of images."""
+        return len(self.samples)
+
+    def _crop_box(self, w: int, h: int) -> tuple[float, float, float, float]:
+        """Random-resized-crop box (left, top, right, bottom): random area fraction and aspect ratio."""
+        area = w * h
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(10):
+            target = area * torch.empty(1).uniform_(*self.scale).item()
+            aspect = math.exp(torch.empty(1).uniform_(log_lo, log_hi).item())
+            cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < cw <= w and 0 < ch <= h:
+                left = torch.randint(0, w - cw + 1, (1,)).item()
+                top = torch.randint(0, h - ch + 1, (1,)).item()
+                return left, top, left + cw, top + ch
+        side = min(w, h)  # fallback: the centred square
+        return (w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        s = self.image_size
+        try:
+            with Image.open(path) as img:
+                if not self.train:  # let the JPEG decoder downscale by 2/4/8 when the image is large
+                    short = s / self.crop_fraction
+                    img.draft("RGB", (math.ceil(short * img.width / min(img.size)),
+                                      math.ceil(short * img.height / min(img.size))))
+                img = img.convert("RGB")
+                w, h = img.size
+                if self.train:
+                    box = self._crop_box(w, h)
+                else:
+                    side = min(w, h) * self.crop_fraction
+                    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+                img = img.resize((s, s), Image.BILINEAR, box=box)
+                if self.train and torch.rand(1).item() < 0.5:
+                    img = img.transpose(Image.FLIP_LEFT_RIGHT)
+                arr = np.asarray(img)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise DataError(f"cannot decode image {path}: {e}. Replace or delete the file.") from e
+        x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255)
+        return (x - self.mean) / self.std, label
+
+
+# ----------------------------------------------------------------------------- download
+
+
+def _sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, dest: str, sha256: str) -> str:
+    """Fetch ``url`` to ``dest`` via a temporary file renamed only after its sha256 matches.
+
+    An existing ``dest`` with the right checksum is kept as is.  Returns ``dest``.
+    """
+    target, expected = Path(dest), sha256.strip().lower()
+    if target.is_file() and _sha256_file(target) == expected:
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                digest.update(block)
+                out.write(block)
+        if digest.hexdigest() != expected:
+            raise DataError(f"checksum mismatch for {url}: expected sha256 {expected}, got "
+                            f"{digest.hexdigest()}. The download is corrupt or the file changed upstream; "
+                            f"nothing was written to {target}. Retry, or fetch it by hand and check the sha256.")
+        os.replace(tmp, target)
+    except (OSError, urllib.error.URLError) as e:
+        raise DataError(f"could not download {url} to {target}: {e}. Check the URL and network, "
+                        "or download the file by hand.") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return str(target)
