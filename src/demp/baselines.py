@@ -1,0 +1,1 @@
+"""Structured pruning baselines (spec section 7); registered as training methods."""
