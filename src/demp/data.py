@@ -234,16 +234,18 @@ class _ArrayUnpickler(pickle.Unpickler):
     _ALLOWED = {"_reconstruct", "ndarray", "dtype", "_frombuffer", "scalar"}
 
     def find_class(self, module: str, name: str):
-        if module.split(".")[0] == "numpy" and name in self._ALLOWED:
+        """Resolve only numpy's array builders (and bytes re-encoding used by protocol 2)."""
+        if (module.split(".")[0] == "numpy" and name in self._ALLOWED) or (module, name) == ("_codecs", "encode"):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def _load_batch(path: Path) -> dict:
-    """Load one CIFAR python batch file (dict with bytes keys)."""
+def _load_batch(path: Path) -> dict[str, object]:
+    """Load one CIFAR python batch file; keys become str (python 2 pickles store them as bytes)."""
     try:
         with open(path, "rb") as f:
-            return _ArrayUnpickler(f, encoding="bytes").load()
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
     except FileNotFoundError as e:
         raise DataError(f"CIFAR-10 batch file {path} is missing. {_CIFAR_FORMS}") from e
     except Exception as e:  # unpickling raises many types on damaged files
@@ -257,8 +259,8 @@ def _decode_cifar_pickle(folder: Path) -> Splits:
         for name in names:
             batch = _load_batch(folder / name)
             try:
-                xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+                xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(batch["labels"], dtype=np.int64))
             except (KeyError, ValueError) as e:
                 raise DataError(f"{folder / name} is not a CIFAR-10 batch ({e}). Re-download it.") from e
         return np.concatenate(xs), np.concatenate(ys)
@@ -266,7 +268,7 @@ def _decode_cifar_pickle(folder: Path) -> Splits:
     train_x, train_y = part([f"data_batch_{i}" for i in range(1, 6)])
     test_x, test_y = part(["test_batch"])
     meta = _load_batch(folder / "batches.meta")
-    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(b"label_names", [])]
+    classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get("label_names", [])]
     return _make_splits(train_x, train_y, test_x, test_y, classes)
 
 

@@ -30,6 +30,18 @@ OTHER_ACTIVATIONS = frozenset({F.gelu, F.silu, F.elu, F.leaky_relu, F.selu, F.ce
                                F.softplus, F.hardswish, F.prelu, F.rrelu, F.glu})
 """Activations that are not sites: their units are skipped with a warning."""
 
+
+
+def _is_relu_call(func, args: tuple, kwargs: dict) -> bool:
+    """ReLU-family calls; hardtanh counts when its floor is 0 (that is how nn.ReLU6 runs)."""
+    if func in RELU_FUNCS:
+        return True
+    if func is F.hardtanh:
+        floor = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
+        return floor == 0
+    return False
+
+
 _CHANNEL_FIRST_3D = (nn.Conv1d, nn.BatchNorm1d, nn.GroupNorm, nn.InstanceNorm1d, nn.MaxPool1d,
                      nn.AvgPool1d)
 
@@ -116,8 +128,9 @@ class SiteTracer(TorchFunctionMode):
         return 1 if isinstance(self._last_leaf, _CHANNEL_FIRST_3D) else out.dim() - 1
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func in RELU_FUNCS and isinstance(out, torch.Tensor) and out.dim() >= 2:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if _is_relu_call(func, args, kwargs) and isinstance(out, torch.Tensor) and out.dim() >= 2:
             owner, module = self._stack[-1] if self._stack else ("", self.model)
             call = SiteCall(len(self.calls), owner,
                             isinstance(module, (nn.ReLU, nn.ReLU6)), self._channel_dim(out))
