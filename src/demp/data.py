@@ -105,8 +105,18 @@ def channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]
         p = counts / counts.sum()
         mean = float((p * values).sum())
         means.append(mean)
-        stds.append(math.sqrt(max(float((p * (values - mean) ** 2).sum()), 0.0)))
+        stds.append(math.sqrt(float((p * (values - mean) ** 2).sum())))
     return tuple(means), tuple(stds)
+
+
+def _make_splits(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                 classes: list[str]) -> Splits:
+    """Wrap decoded numpy arrays as a Splits with train-set statistics."""
+    tx = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.uint8))
+    mean, std = channel_stats(tx)
+    return Splits(tx, torch.from_numpy(np.asarray(train_y, dtype=np.int64)),
+                  torch.from_numpy(np.ascontiguousarray(test_x, dtype=np.uint8)),
+                  torch.from_numpy(np.asarray(test_y, dtype=np.int64)), classes, mean, std)
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
@@ -411,16 +421,6 @@ def make_synthetic(n_train: int = 512, n_test: int = 256, *, num_classes: int = 
 # ----------------------------------------------------------------------------- cache
 
 
-def _make_splits(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                 classes: list[str]) -> Splits:
-    """Wrap decoded numpy arrays as a Splits with train-set statistics."""
-    tx = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.uint8))
-    mean, std = channel_stats(tx)
-    return Splits(tx, torch.from_numpy(np.asarray(train_y, dtype=np.int64)),
-                  torch.from_numpy(np.ascontiguousarray(test_x, dtype=np.uint8)),
-                  torch.from_numpy(np.asarray(test_y, dtype=np.int64)), classes, mean, std)
-
-
 def cache_root(cache_dir: str | None = None) -> Path:
     """The cache folder: ``cache_dir``, else $DEMP_CACHE, else ~/.cache/demp."""
     return Path(cache_dir or os.environ.get("DEMP_CACHE") or Path.home() / ".cache" / "demp").expanduser()
@@ -461,7 +461,7 @@ def _read_cache(folder: Path) -> Splits | None:
         meta = json.loads((folder / "meta.json").read_text())
         arrays = [torch.from_numpy(np.load(folder / f"{k}.npy")) for k in ("train_x", "train_y", "test_x", "test_y")]
         return Splits(*arrays, meta["classes"], tuple(meta["mean"]), tuple(meta["std"]))
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, EOFError, ValueError, KeyError) as e:
         warnings.warn(f"ignoring damaged cache {folder} ({e}); decoding again")
         shutil.rmtree(folder, ignore_errors=True)
         return None
@@ -662,7 +662,8 @@ class BatchLoader:
         self._epoch_state, self._plan = state["generator"].clone(), None
 
 
-def probe_batches(splits: Splits, n_images: int, batch_size: int = 512, resize: int | None = None) -> list[torch.Tensor]:
+def probe_batches(splits: Splits, n_images: int, batch_size: int = 512,
+                  resize: int | None = None) -> list[torch.Tensor]:
     """The first ``n_images`` training images (at most all), normalised and unaugmented, in batches."""
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
