@@ -52,7 +52,16 @@ class ChannelSelect(nn.Module):
         self.register_buffer("dst", torch.arange(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+            return self._plain_forward(x)
         return _SelectFn.apply(x, self.src, self.dst, self.out_channels)
+
+    def _plain_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The same selection in plain tensor ops (a zero channel and a gather), for export."""
+        slot = torch.full((self.out_channels,), self.src.numel(), dtype=torch.long, device=x.device)
+        slot[self.dst] = torch.arange(self.src.numel(), device=x.device)
+        padded = torch.cat([x.index_select(1, self.src), x[:, :1] * 0], dim=1)
+        return padded.index_select(1, slot)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels} -> {self.out_channels}, pairs={self.src.numel()}"
