@@ -1,0 +1,335 @@
+"""Run configuration: typed dataclasses, loaded from YAML or JSON, with dotted ``--set`` overrides.
+
+``Config()`` is the main job (DemP on Fashion-MNIST, small_cnn, about 3 minutes on 2 CPU
+cores).  ``load_config(path, overrides)`` reads a file over those defaults, applies
+``key=value`` overrides (values parsed as YAML scalars or lists) and validates everything
+before any work starts; every mistake is a ``DempError`` naming the key and the fix.
+"""
+from __future__ import annotations
+
+import json
+import math
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from .errors import DempError
+from .methods import METHODS, MethodConfig
+from .pruner import DemPConfig
+from .schedules import SCHEDULES
+
+OPTIMIZERS = ("adamw", "sgd")
+LR_SCHEDULES = ("step", "one_cycle", "cosine", "warmup_step", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to train on and how to feed it."""
+    name: str = "fashion_mnist"     # fashion_mnist | cifar10 | synthetic | imagefolder
+    root: Optional[str] = None      # dataset folder (None: the dataset's standard place)
+    subset: Optional[int] = None    # keep the first N training examples
+    augment: bool = False           # pad-4 random crop + horizontal flip
+    resize: Optional[int] = None    # resize images to this side (e.g. 64 for VGG on CIFAR-10)
+
+
+@dataclass
+class ModelConfig:
+    """A model from the zoo (``demp.models.list_models()``) at a width multiplier."""
+    name: str = "small_cnn"
+    width: float = 0.5
+    kwargs: dict[str, Any] = field(default_factory=dict)   # extra builder arguments
+
+
+@dataclass
+class TrainConfig:
+    """Length of training, batch size, and how often to log and checkpoint."""
+    epochs: int = 3
+    batch_size: int = 128
+    max_steps: Optional[int] = None     # cap on optimizer steps (None: epochs * steps per epoch)
+    eval_every_epoch: bool = True       # test-set evaluation after every epoch (else only at the end)
+    checkpoint_every: int = 0           # steps between checkpoints (0: only at epoch ends)
+    log_every: int = 50                 # steps between metrics lines
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, learning-rate schedule and loss settings."""
+    name: str = "adamw"                 # adamw | sgd (with momentum)
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9               # sgd only
+    schedule: str = "one_cycle"         # step | one_cycle | cosine | warmup_step | constant
+    milestones: tuple[float, ...] = (0.3, 0.6, 0.9)   # step schedules: fractions of training
+    gamma: float = 0.2                  # step schedules: factor at each milestone
+    warmup_epochs: float = 0.0          # linear warm-up (warmup_step, cosine, step, constant)
+    label_smoothing: float = 0.0
+
+
+def main_job_method() -> MethodConfig:
+    """DemP settings of the main job: strong enough to remove a visible share of units in 3 epochs."""
+    return MethodConfig(name="demp", reg_peak=1e-2, noise_peak=5e-5, prune_every=200,
+                        reg_span=0.8, probe_size=1536, probe_batch=512)
+
+
+@dataclass
+class Config:
+    """Everything one run needs; ``Config()`` is the main job."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    method: MethodConfig = field(default_factory=main_job_method)
+    seed: int = 0
+    device: str = "auto"                # auto | cpu | cuda
+    threads: Optional[int] = None       # torch CPU threads (None: torch's default)
+    out: Optional[str] = None           # run folder (None: runs/<dataset>-<model>-<method>-<time>)
+
+    def validate(self) -> "Config":
+        """Raise DempError for the first bad setting; return self so calls chain."""
+        _check_names(self)
+        _check_ranges(self)
+        _check_method(self.method)
+        return self
+
+
+# ----------------------------------------------------------------------------- validation
+
+def available_methods() -> list[str]:
+    """Registered training methods (dense, demp and the baselines)."""
+    from . import baselines  # noqa: F401  (registers the baseline methods)
+    return sorted(METHODS)
+
+
+def _data_names() -> tuple[str, ...]:
+    from .data import DATASETS
+    return (*DATASETS, "imagefolder")
+
+
+def _check_names(cfg: Config) -> None:
+    from .models import list_models
+    choices = [("data.name", cfg.data.name, _data_names()),
+               ("model.name", cfg.model.name, list_models()),
+               ("optim.name", cfg.optim.name, OPTIMIZERS),
+               ("optim.schedule", cfg.optim.schedule, LR_SCHEDULES),
+               ("method.name", cfg.method.name, available_methods()),
+               ("method.schedule", cfg.method.schedule, SCHEDULES),
+               ("device", cfg.device, DEVICES)]
+    for key, value, valid in choices:
+        if value not in valid:
+            raise DempError(f"unknown {key} '{value}'; valid: {', '.join(valid)}")
+    if cfg.data.name == "imagefolder" and not cfg.data.root:
+        raise DempError("data.name 'imagefolder' needs data.root: the folder holding train/ and "
+                        "val/ (or test/) with one sub-folder per class")
+
+
+def _optional(value: Any, ok) -> bool:
+    return value is None or ok(value)
+
+
+def _check_ranges(cfg: Config) -> None:
+    d, m, t, o, me = cfg.data, cfg.model, cfg.train, cfg.optim, cfg.method
+    rules = [
+        ("data.subset", d.subset, _optional(d.subset, lambda v: v >= 1), "a number >= 1 or null"),
+        ("data.resize", d.resize, _optional(d.resize, lambda v: v >= 1), "a size >= 1 or null"),
+        ("model.width", m.width, m.width > 0, "> 0"),
+        ("train.epochs", t.epochs, t.epochs >= 1, ">= 1"),
+        ("train.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
+        ("train.max_steps", t.max_steps, _optional(t.max_steps, lambda v: v >= 1), ">= 1 or null"),
+        ("train.checkpoint_every", t.checkpoint_every, t.checkpoint_every >= 0,
+         ">= 0 (0: checkpoint only at epoch ends)"),
+        ("train.log_every", t.log_every, t.log_every >= 1, ">= 1"),
+        ("optim.lr", o.lr, o.lr > 0, "> 0"),
+        ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+        ("optim.momentum", o.momentum, 0 <= o.momentum < 1, "in [0, 1)"),
+        ("optim.gamma", o.gamma, o.gamma > 0, "> 0"),
+        ("optim.warmup_epochs", o.warmup_epochs, o.warmup_epochs >= 0, ">= 0"),
+        ("optim.milestones", list(o.milestones),
+         all(0 < x < 1 for x in o.milestones) and list(o.milestones) == sorted(set(o.milestones)),
+         "increasing fractions of training in (0, 1)"),
+        ("optim.label_smoothing", o.label_smoothing, 0 <= o.label_smoothing < 1, "in [0, 1)"),
+        ("method.reg_span", me.reg_span, 0 < me.reg_span <= 1, "a fraction of training in (0, 1]"),
+        ("method.probe_size", me.probe_size, me.probe_size >= 1, ">= 1"),
+        ("method.probe_batch", me.probe_batch, me.probe_batch >= 1, ">= 1"),
+        ("method.target", me.target, 0 < me.target < 1, "a fraction of units in (0, 1)"),
+        ("method.rounds", me.rounds, me.rounds >= 1, ">= 1"),
+        ("method.score_batches", me.score_batches, me.score_batches >= 1, ">= 1"),
+        ("method.slimming_reg", me.slimming_reg, me.slimming_reg >= 0, ">= 0"),
+        ("method.prune_at", me.prune_at, 0 < me.prune_at <= 1, "a fraction of training in (0, 1]"),
+        ("method.prune_start", me.prune_start, 0 <= me.prune_start <= me.prune_end <= 1,
+         "a fraction in [0, method.prune_end]"),
+        ("method.prune_steps", me.prune_steps, me.prune_steps >= 1, ">= 1"),
+        ("seed", cfg.seed, cfg.seed >= 0, ">= 0"),
+        ("threads", cfg.threads, _optional(cfg.threads, lambda v: v >= 1), ">= 1 or null"),
+    ]
+    for key, value, ok, rule in rules:
+        if not ok:
+            raise DempError(f"{key} must be {rule}, got {value!r}")
+    if o.schedule == "warmup_step" and o.warmup_epochs <= 0:
+        raise DempError("optim.schedule 'warmup_step' needs optim.warmup_epochs > 0 "
+                        "(or use optim.schedule 'step')")
+
+
+def _check_method(me: MethodConfig) -> None:
+    """The DemP settings shared by every method, checked by DemPConfig's own rules."""
+    shared = {f.name: getattr(me, f.name) for f in fields(DemPConfig) if hasattr(me, f.name)}
+    shared["reg_span"] = None  # a fraction here, checked above; DemPConfig wants steps
+    try:
+        DemPConfig(**shared).validate(total_steps=1)
+    except DempError as e:  # its messages name the field: make that the dotted key
+        message = str(e)
+        name = next((n for n in shared if n in message), None)
+        raise DempError(message.replace(name, f"method.{name}", 1) if name else message) from None
+
+
+# ----------------------------------------------------------------------------- building
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` as type ``hint`` (YAML gives '1e-3' as a string, lists for tuples)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise DempError(f"{key} must be true or false, got {value!r}")
+    if hint in (int, float):
+        number = _number(value, key)
+        if hint is int:
+            if not float(number).is_integer():
+                raise DempError(f"{key} must be a whole number, got {value!r}")
+            return int(number)
+        return float(number)
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise DempError(f"{key} must be a string, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise DempError(f"{key} must be a mapping (key: value), got {value!r}")
+        return dict(value)
+    return value
+
+
+def _number(value: Any, key: str) -> float | int:
+    if isinstance(value, bool):
+        raise DempError(f"{key} must be a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        number = value
+    else:
+        try:
+            number = float(str(value))
+        except ValueError:
+            raise DempError(f"{key} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise DempError(f"{key} must be a finite number, got {value!r}")
+    return number
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    """Instance of dataclass ``cls`` from mapping ``raw``; unknown keys list the valid ones."""
+    if not isinstance(raw, dict):
+        where = f"section '{prefix[:-1]}'" if prefix else "the top level"
+        raise DempError(f"{source}: {where} must be a mapping (key: value), got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        section = f"section '{prefix[:-1]}'" if prefix else "the top level"
+        raise DempError(f"unknown key '{prefix}{unknown[0]}' in {source}; valid keys of {section}: "
+                        f"{', '.join(names)}")
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if is_dataclass(hint):
+            values[name] = _build(hint, value, f"{prefix}{name}.", source)
+        else:
+            values[name] = _coerce(value, hint, prefix + name)
+    defaults = main_job_method() if cls is MethodConfig else cls()
+    return replace(defaults, **values)
+
+
+def config_from_dict(raw: dict, source: str = "the config") -> Config:
+    """Config from a nested mapping over the main-job defaults (not validated)."""
+    return _build(Config, raw or {}, "", source)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dict (lists, not tuples), as written to config.yaml."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+    return plain(asdict(cfg))
+
+
+def _read_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise DempError(f"config file {path} not found")
+    text = p.read_text()
+    try:
+        raw = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise DempError(f"cannot parse config file {path}: {e}") from None
+    return raw or {}
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Set ``a.b.c=value`` in nested dict ``raw``; the value is parsed as a YAML scalar or list."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise DempError(f"--set expects key=value (e.g. train.epochs=1), got '{override}'")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise DempError(f"--set {key}: cannot parse value '{text}': {e}") from None
+    *parents, leaf = key.split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        where = f"section '{'.'.join(parents[:i])}'" if i else "the top level"
+        if part not in node:
+            raise DempError(f"unknown key '{'.'.join(parents[:i + 1])}' in --set {key}; valid keys "
+                            f"of {where}: {', '.join(node)}")
+        if not isinstance(node[part], dict):
+            raise DempError(f"--set {key}: '{'.'.join(parents[:i + 1])}' is a value, not a section")
+        node = node[part]
+    node[leaf] = value
+
+
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Main-job defaults, then the YAML/JSON file at ``path``, then ``key=value`` overrides; validated."""
+    source = path or "the defaults"
+    cfg = config_from_dict(_read_file(path) if path else {}, f"config file {path}" if path else source)
+    if overrides:
+        raw = config_to_dict(cfg)
+        for override in overrides:
+            apply_override(raw, override)
+        cfg = config_from_dict(raw, "--set")
+    return cfg.validate()
+
+
+def config_diff(a: Config, b: Config, ignore: Sequence[str] = ()) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "kwargs":
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[prefix + k] = v
+        return out
+    fa, fb = flat(config_to_dict(a)), flat(config_to_dict(b))
+    return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
