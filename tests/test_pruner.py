@@ -157,3 +157,22 @@ def test_nan_loss_and_bad_settings(digits):
             demp.DemonPruner(model, opt, xtr[:2], **args)
     with pytest.raises(DempError, match="re-iterable"):
         demp.DemonPruner(model, opt, xtr[:2], total_steps=10, probe=iter([xtr[:8]]))
+
+
+def test_noise_every_four_keeps_the_result(digits):
+    """Noise every 4 steps with sigma*2 (same random-walk variance) removes as much, as well."""
+    xtr, ytr, xte, yte = digits
+    results = []
+    for k in (1, 4):
+        model = make_net()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=5e-4)
+        pruner = demp.DemonPruner(model, opt, xtr[:2], total_steps=STEPS, probe=[xtr[:512]],
+                                  reg_peak=0.02, noise_peak=5e-3, prune_every=40, noise_every=k)
+        train(model, opt, pruner, xtr, ytr, 0, STEPS)
+        pruner.finish()
+        model.eval()
+        with torch.no_grad():
+            acc = (model(xte).argmax(1) == yte).float().mean().item()
+        results.append((pruner.history[-1].units_after, acc))
+    (u1, a1), (u4, a4) = results
+    assert abs(u1 - u4) <= 0.1 * u1 and a1 > 0.9 and a4 > 0.9 and abs(a1 - a4) < 0.03
