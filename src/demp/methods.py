@@ -3,12 +3,13 @@
 A method (dense, DemP, or a baseline) sees the loop through five calls, Lightning-callback
 style: ``setup`` before the first step, ``penalty`` added to each loss, ``after_step`` after
 each optimizer step, ``on_epoch_end`` and ``finish``.  Removal events return a
-RemovalReport so the loop can log them.
+RemovalReport so the loop can log them.  On resume the loop calls ``load_state_dict`` and
+then ``setup`` (with the model already at its pruned widths).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -97,6 +98,7 @@ class DemPMethod(Method):
     """Demon Pruning through DemonPruner."""
 
     name = "demp"
+    _resume_state: Optional[dict] = None
 
     def setup(self, ctx: MethodContext) -> Optional[RemovalReport]:
         super().setup(ctx)
@@ -108,6 +110,9 @@ class DemPMethod(Method):
             reg_span=max(1, round(c.reg_span * ctx.total_steps)), reg_form=c.reg_form,
             reg_target=c.reg_target, noise_mode=c.noise_mode, noise_every=c.noise_every,
             quasi_eps=tuple(c.quasi_eps), min_units=c.min_units, seed=ctx.seed)
+        if self._resume_state is not None:
+            self.pruner.load_state_dict(self._resume_state)
+            self._resume_state = None
         return None
 
     def penalty(self) -> torch.Tensor:
@@ -123,7 +128,11 @@ class DemPMethod(Method):
         return self.pruner.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.pruner.load_state_dict(state)
+        """Restore now if set up, else when ``setup`` builds the pruner (the resume order)."""
+        if hasattr(self, "pruner"):
+            self.pruner.load_state_dict(state)
+        else:
+            self._resume_state = state
 
 
 METHODS: dict[str, type[Method]] = {"dense": Method, "demp": DemPMethod}
