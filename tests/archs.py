@@ -125,6 +125,23 @@ class DenseNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.trans(x), 1).flatten(1))
 
 
+class PreActDense(nn.Module):
+    """DenseNet-style layers that normalise and activate the concatenation (a site spanning groups)."""
+
+    def __init__(self, growth: int = 4):
+        super().__init__()
+        self.stem = nn.Sequential(*cbr(3, 6))
+        self.l1 = nn.Sequential(nn.Conv2d(6, growth, 3, padding=1, bias=False), nn.BatchNorm2d(growth), nn.ReLU())
+        self.pre = nn.Sequential(nn.BatchNorm2d(6 + growth), nn.ReLU())
+        self.conv = nn.Conv2d(6 + growth, 8, 1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.cat([x, self.l1(x)], 1)
+        return self.fc(self.conv(self.pre(x)).mean((2, 3)))
+
+
 class Transformer(nn.Module):
     """Pre-LN transformer block with a ReLU FFN, on 4x4 patches."""
 
@@ -162,7 +179,8 @@ class Grouped(nn.Module):
 
 
 ARCHS = {"mlp": MLP, "vgg": VGG, "resnet": ResNet, "mobilenet": MobileNet,
-         "densenet": DenseNet, "transformer": Transformer, "grouped": Grouped}
+         "densenet": DenseNet, "preact_dense": PreActDense, "transformer": Transformer,
+         "grouped": Grouped}
 
 
 def example(name: str, n: int = 8, seed: int = 0) -> torch.Tensor:

@@ -1,5 +1,4 @@
 """Sites are found wherever a ReLU runs, and death is the AND over probe batches in eval mode."""
-import warnings
 
 import pytest
 import torch

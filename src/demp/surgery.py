@@ -275,12 +275,14 @@ class _Analysis:
         self.dg, self.site_nodes, self.masks = dg, site_nodes, masks
         self.node_site = {node: name for name, node in site_nodes.items()}
         self.exact, self.min_units = exact, min_units
+        self.already = {name: 0 for name in masks}  # units planned away by earlier groups
 
-    def group(self, name: str) -> _Group:
+    def group(self, name: str, channels: list[int]) -> _Group:
+        """The group of the site's ``channels`` (root indices stay the site's own numbering)."""
         node = self.site_nodes[name]
         width = self.masks[name].numel()
         pruner = self.dg.get_pruner_of_module(node.module)
-        tg = self.dg.get_pruning_group(node.module, pruner.prune_out_channels, list(range(width)))
+        tg = self.dg.get_pruning_group(node.module, pruner.prune_out_channels, channels)
         items = [_Item(it.dep.target, it.dep.handler, list(it.idxs), list(it.root_idxs)) for it in tg]
         sites = {self.node_site[it.node]: it for it in items if it.node in self.node_site}
         g = _Group(name, width, items, sites)
@@ -367,7 +369,7 @@ class _Analysis:
             width = self.masks[name].numel() if name is not None else self.dg.get_out_channels(m)
             floor = self.min_units if name is not None else 1
             gone = torch.unique(idx[local])
-            excess = gone.numel() - (width - floor)
+            excess = gone.numel() + self.already.get(name, 0) - (width - floor)
             if excess > 0:  # keep the highest-index removable channels of this member
                 keep_back = set(gone[-excess:].tolist())
                 drop = torch.tensor([int(i) in keep_back for i in idx.tolist()], dtype=torch.bool)
@@ -448,6 +450,58 @@ def _check_finite(model: nn.Module) -> None:
                             "the learning rate or reg_peak); nothing was removed")
 
 
+def _plan(analysis: _Analysis, full: dict[str, torch.Tensor],
+          sites: dict[str, SiteRemoval]) -> list[tuple[_Group, list[int]]]:
+    """Split the sites' channels into disjoint groups and decide what each may lose.
+
+    A group rooted at one site can cover part of another site's channels (a concat), so
+    each site is rooted only at channels no earlier group covered.  Fills ``sites``.
+    """
+    covered = {n: torch.zeros_like(m) for n, m in full.items()}
+    removed = {n: torch.zeros_like(m) for n, m in full.items()}
+    plans = []
+    for name in analysis.site_nodes:
+        todo = (~covered[name]).nonzero().flatten()
+        if todo.numel() == 0 or (analysis.exact and not full[name][todo].any()):
+            continue
+        g = analysis.group(name, todo.tolist())
+        for sname, it in g.sites.items():
+            idx = torch.as_tensor(it.idxs, dtype=torch.long)
+            root = torch.as_tensor(it.root_idxs, dtype=torch.long)
+            covered[sname][idx] = True
+            removed[sname][idx] = g.removable[root]
+            analysis.already[sname] = int(removed[sname].sum())
+            kept = torch.zeros_like(removed[sname])
+            kept[idx] = full[sname][idx] & ~g.removable[root]
+            floor = int((kept[idx] & g.allowed[root]).sum())
+            _add_reason(sites[sname], "minimum width, whole GroupNorm groups or balanced grouped conv", floor)
+            _add_reason(sites[sname], g.blocked or ("a unit it is tied to is not dead (coupled channels)"
+                                                    if analysis.exact else "not marked at every coupled site"),
+                        int(kept.sum()) - floor)
+        gone = g.removable.nonzero().flatten().tolist()
+        if gone:
+            plans.append((g, gone))
+    for n, rec in sites.items():
+        rec.removed = int(removed[n].sum())
+        rec.kept_dead = int((full[n] & ~removed[n]).sum())
+    return plans
+
+
+def _add_reason(rec: SiteRemoval, reason: str, count: int) -> None:
+    if count > 0:
+        rec.reasons[reason] = rec.reasons.get(reason, 0) + count
+
+
+def _prune(dg: tp.DependencyGraph, root: Any, g: _Group, gone: list[int]) -> None:
+    """Prune one group's channels; GroupNorms keep their channels-per-group."""
+    per_group = {it.node.module: it.node.module.num_channels // it.node.module.num_groups
+                 for it in g.items if isinstance(it.node.module, nn.GroupNorm)}
+    pruner = dg.get_pruner_of_module(root)
+    dg.get_pruning_group(root, pruner.prune_out_channels, gone).prune(record_history=False)
+    for gn, per in per_group.items():
+        gn.num_groups = gn.num_channels // per
+
+
 def remove_units(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
                  optimizer: Optional[torch.optim.Optimizer] = None, *, min_units: int = 1,
                  exact: bool = True) -> RemovalReport:
@@ -481,50 +535,12 @@ def remove_units(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
         params_before = count_params(model)
         sites = {n: SiteRemoval(w, dead=int(full[n].sum())) for n, w in widths.items()}
         for n in widths:
-            if n not in site_nodes and sites[n].dead:
-                sites[n].kept_dead = sites[n].dead
-                sites[n].reasons["its output does not reach the model output"] = sites[n].dead
+            if n not in site_nodes:
+                _add_reason(sites[n], "its output does not reach the model output", sites[n].dead)
 
-        analysis = _Analysis(dg, site_nodes, full, exact, min_units)
-        plans: list[tuple[_Group, list[int]]] = []
-        seen: set[frozenset] = set()
-        for name in site_nodes:
-            if not full[name].any() and exact:
-                continue
-            g = analysis.group(name)
-            key = frozenset(g.sites)
-            if key in seen:
-                continue
-            seen.add(key)
-            gone = g.removable.nonzero().flatten().tolist()
-            for sname, it in g.sites.items():
-                removed = torch.zeros(full[sname].numel(), dtype=torch.bool)
-                idx = torch.as_tensor(it.idxs, dtype=torch.long)
-                removed[idx] = g.removable[torch.as_tensor(it.root_idxs, dtype=torch.long)]
-                rec = sites[sname]
-                allowed = torch.zeros_like(removed)
-                allowed[idx] = g.allowed[torch.as_tensor(it.root_idxs, dtype=torch.long)]
-                rec.removed = int(removed.sum())
-                kept = full[sname] & ~removed
-                rec.kept_dead = int(kept.sum())
-                floor = int((kept & allowed).sum())
-                if floor:
-                    rec.reasons["minimum width, whole GroupNorm groups or balanced grouped conv"] = floor
-                if rec.kept_dead - floor:
-                    reason = g.blocked or ("a unit it is tied to is not dead (coupled channels)"
-                                           if exact else "not marked at every coupled site")
-                    rec.reasons[reason] = rec.kept_dead - floor
-            if gone:
-                plans.append((g, gone))
-
+        plans = _plan(_Analysis(dg, site_nodes, full, exact, min_units), full, sites)
         for g, gone in plans:
-            root = site_nodes[g.root_site].module
-            gn_per = {it.node.module: it.node.module.num_channels // it.node.module.num_groups
-                      for it in g.items if isinstance(it.node.module, nn.GroupNorm)}
-            pruner = dg.get_pruner_of_module(root)
-            dg.get_pruning_group(root, pruner.prune_out_channels, gone).prune(record_history=False)
-            for gn, per in gn_per.items():
-                gn.num_groups = gn.num_channels // per
+            _prune(dg, site_nodes[g.root_site].module, g, gone)
     return RemovalReport(units_before=sum(widths.values()),
                          units_removed=sum(s.removed for s in sites.values()),
                          params_before=params_before, params_after=count_params(model),
