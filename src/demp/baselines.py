@@ -1,10 +1,14 @@
 """Structured pruning baselines (spec section 7), each a training method with real removal.
 
 Every baseline scores the units of every ReLU site (as ``detection`` finds them), ranks them
-globally across sites and physically removes the lowest-scored ones with
+globally across sites (``select_lowest``) and physically removes the lowest-scored ones with
 ``remove_units(..., exact=False)``, optimizer state included, until ``config.target`` of the
 units the network started with are gone.  Logits are never units; each site keeps its
-``config.min_units`` best-scored units.
+``config.min_units`` best-scored units.  Amounts are cumulative counts of the original
+units, so a removal event that falls short (coupled units, width constraints) is made up by
+the next; units that only go together (an expansion conv and the depthwise conv it feeds)
+share their mean score, and an event re-scores and prunes again up to ``MAX_PASSES`` times
+before it warns about a shortfall.
 
 Methods (``MethodConfig.name``) and their exact rules:
 
@@ -43,17 +47,19 @@ themselves and ``finish`` applies any event the run did not reach.
 
 Resuming: call ``load_state_dict`` before ``setup`` (``snap`` and ``cropit`` prune in
 ``setup`` unless the loaded state says they already did); the other methods accept either
-order.
+order.  Until it fires, an early method's state holds theta_0 (a copy of the parameters).
 """
 from __future__ import annotations
 
 import math
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from . import regulariser
 from .detection import SiteTracer, call_model, list_sites, model_device
@@ -148,7 +154,7 @@ def gate_hessian_gradient(model: nn.Module, batches: Iterable[Batch], loss_fn: L
     names, values = _gates(model, data[0][0])
     vector = [g[n].to(v.dtype) for n, v in zip(names, values)]
     total = [torch.zeros_like(v) for v in values]
-    with scoring_mode(model):
+    with scoring_mode(model), sdpa_kernel(SDPBackend.MATH):  # fused attention has no double backward
         for x, y in data:
             grads = _grad([loss_fn(gated_forward(model, x, values), y)], values, create_graph=True)
             linked = [(gr, v) for gr, v in zip(grads, vector) if gr.requires_grad]
@@ -171,31 +177,82 @@ def crop_saliency(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn) -
 
 # ----------------------------------------------------------------------------- weight scores
 
-def _group_sums(model: nn.Module, example: Any,
-                channel_values: Callable[[nn.Module], Optional[torch.Tensor]]) -> Scores:
-    """Per site, ``channel_values`` of every layer producing its channels, summed per unit.
+@dataclass(frozen=True)
+class _Member:
+    """One layer or site in a site's torch-pruning group: its channels ``idxs`` map to ``root``."""
+    module: nn.Module
+    produces: bool          # removal shrinks its output channels (a producer of the units)
+    site: Optional[str]     # the site it is, if any
+    idxs: torch.Tensor
+    root: torch.Tensor
 
-    The producers are the out-channel members of the site's torch-pruning group (the
-    conv/linear and norm layers removal would shrink with the unit).  Units with no producer
-    get +inf, so they are never selected.
+
+def site_groups(model: nn.Module, example: Any) -> dict[str, tuple[int, list[_Member]]]:
+    """Each site's width and the members of the group removal would shrink with its units.
+
+    Built from torch-pruning's dependency graph, the same groups ``remove_units`` prunes; a
+    site whose output does not reach the model output has no members.  Members whose
+    indices exceed their width are left out (torch-pruning 1.6.1 takes a grouped conv with
+    one output per group for a depthwise one and ties its input channels to its outputs).
     """
     dg, nodes, widths = build_graph(model, example)
-    out: Scores = {}
+    node_site = {node: name for name, node in nodes.items()}
+    groups: dict[str, tuple[int, list[_Member]]] = {}
     for name, width in widths.items():
+        members = []
+        if name in nodes:
+            root = nodes[name].module
+            pruner = dg.get_pruner_of_module(root)
+            for item in dg.get_pruning_group(root, pruner.prune_out_channels, list(range(width))):
+                m = _Member(item.dep.target.module, dg.is_out_channel_pruning_fn(item.dep.handler),
+                            node_site.get(item.dep.target),
+                            torch.as_tensor(list(item.idxs), dtype=torch.long),
+                            torch.as_tensor(list(item.root_idxs), dtype=torch.long))
+                if m.site is None or int(m.idxs.max()) < widths[m.site]:
+                    members.append(m)
+        groups[name] = (width, members)
+    return groups
+
+
+def _producer_sums(model: nn.Module, example: Any,
+                   channel_values: Callable[[nn.Module], Optional[torch.Tensor]]) -> Scores:
+    """Per site, ``channel_values`` of every layer producing its channels, summed per unit.
+
+    The producers are the out-channel members of the site's group (the conv/linear and norm
+    layers removal shrinks with the unit).  Units without a producer get +inf: never selected.
+    """
+    out: Scores = {}
+    for name, (width, members) in site_groups(model, example).items():
         total = torch.zeros(width, dtype=torch.float64)
         found = torch.zeros(width, dtype=torch.bool)
-        node = nodes.get(name)
-        if node is not None:
-            pruner = dg.get_pruner_of_module(node.module)
-            for item in dg.get_pruning_group(node.module, pruner.prune_out_channels, list(range(width))):
-                values = channel_values(item.dep.target.module)
-                if values is None or not dg.is_out_channel_pruning_fn(item.dep.handler):
-                    continue
-                root = torch.as_tensor(list(item.root_idxs), dtype=torch.long)
-                idxs = torch.as_tensor(list(item.idxs), dtype=torch.long)
-                total.index_add_(0, root, values.detach().double().cpu()[idxs])
-                found[root] = True
+        for m in members:
+            values = channel_values(m.module) if m.produces else None
+            if values is not None and int(m.idxs.max()) < len(values):
+                total.index_add_(0, m.root, values.detach().double().cpu()[m.idxs])
+                found[m.root] = True
         out[name] = total.masked_fill(~found, math.inf)
+    return out
+
+
+def share_coupled(scores: Mapping[str, torch.Tensor], model: nn.Module, example: Any) -> Scores:
+    """Give coupled units (sites in one group, removed only together) their mean score.
+
+    E.g. an expansion conv's units and the depthwise units they feed: ranked as one, so the
+    marks agree and the group is removed.  Uncoupled sites keep their scores.
+    """
+    out = {n: torch.as_tensor(s).detach().double().cpu().clone() for n, s in scores.items()}
+    for width, members in site_groups(model, example).values():
+        sites = [m for m in members if m.site is not None]
+        if len(sites) < 2:
+            continue
+        total = torch.zeros(width, dtype=torch.float64)
+        count = torch.zeros(width, dtype=torch.float64)
+        for m in sites:
+            total.index_add_(0, m.root, out[m.site][m.idxs])
+            count.index_add_(0, m.root, torch.ones(len(m.idxs), dtype=torch.float64))
+        mean = total / count.clamp_min(1)
+        for m in sites:
+            out[m.site][m.idxs] = mean[m.root]
     return out
 
 
@@ -216,12 +273,12 @@ def _norm_scale_abs(module: nn.Module) -> Optional[torch.Tensor]:
 
 def incoming_weight_norms(model: nn.Module, example: Any) -> Scores:
     """Magnitude score: L2 norm of each unit's incoming weights over all its producing layers."""
-    return {n: s.sqrt() for n, s in _group_sums(model, example, _weight_row_sq).items()}
+    return {n: s.sqrt() for n, s in _producer_sums(model, example, _weight_row_sq).items()}
 
 
 def norm_scale_magnitudes(model: nn.Module, example: Any) -> Scores:
     """Slimming score: |gamma| of each unit, summed over the norm layers tied to it."""
-    return _group_sums(model, example, _norm_scale_abs)
+    return _producer_sums(model, example, _norm_scale_abs)
 
 
 def random_scores(model: nn.Module, example: Any, generator: torch.Generator) -> Scores:
@@ -335,6 +392,8 @@ def _require(checks: Sequence[tuple[bool, str]]) -> None:
 class _PruningMethod(Method):
     """Removes the lowest-scored units globally; subclasses say how to score and when."""
 
+    MAX_PASSES = 4
+
     def __init__(self, config: MethodConfig):
         super().__init__(config)
         _check_target(config.target)
@@ -355,18 +414,34 @@ class _PruningMethod(Method):
         raise NotImplementedError
 
     def prune_to(self, fraction: float) -> Optional[RemovalReport]:
-        """Remove the lowest-scored units until ``fraction`` of the original units are gone."""
-        ctx = self.ctx
-        scores = self.score()
-        now = sum(s.numel() for s in scores.values())
-        k = round(fraction * self.units0) - (self.units0 - now)
-        if k <= 0:
-            return None
-        marks = select_lowest(scores, k / now, self.config.min_units)
-        if not any(bool(m.any()) for m in marks.values()):
-            return None
-        return remove_units(ctx.model, marks, ctx.example_inputs, ctx.optimizer,
-                            min_units=self.config.min_units, exact=False)
+        """Remove the lowest-scored units until ``fraction`` of the original units are gone.
+
+        Coupled units share their score; when width or group constraints keep marked units,
+        the network is re-scored and pruned again (``MAX_PASSES`` in all), then a shortfall
+        is reported with a warning.
+        """
+        ctx, reports, missing = self.ctx, [], 0
+        for _ in range(self.MAX_PASSES):
+            scores = self.score()
+            now = sum(s.numel() for s in scores.values())
+            missing = round(fraction * self.units0) - (self.units0 - now)
+            if missing <= 0:
+                break
+            marks = select_lowest(share_coupled(scores, ctx.model, ctx.example_inputs),
+                                  missing / now, self.config.min_units)
+            if not any(bool(m.any()) for m in marks.values()):
+                break
+            report = remove_units(ctx.model, marks, ctx.example_inputs, ctx.optimizer,
+                                  min_units=self.config.min_units, exact=False)
+            reports.append(report)
+            missing -= report.units_removed
+            if report.units_removed == 0:
+                break
+        if missing > 0 and round(fraction * self.units0) == round(self.config.target * self.units0):
+            warnings.warn(f"{self.name}: {missing} units short of removing {fraction:.3g} of "
+                          f"the {self.units0} units (minimum widths, coupled or unscorable "
+                          "units)", stacklevel=2)
+        return merge_reports(reports)
 
     def state_dict(self) -> dict:
         return {"units0": self.units0}
@@ -523,6 +598,12 @@ class Slimming(_ScheduledMethod):
             (c.slimming_reg >= 0, f"slimming_reg must be >= 0, got {c.slimming_reg}"),
             (0 < c.prune_at <= 1, f"prune_at must be a fraction of training in (0, 1], got {c.prune_at}")]
 
+    def setup(self, ctx: MethodContext) -> Optional[RemovalReport]:
+        if not regulariser.norm_scale_params(ctx.model):
+            raise DempError(f"slimming prunes by normalisation scales, but {type(ctx.model).__name__} "
+                            "has no BatchNorm/GroupNorm/LayerNorm with a weight; use 'magnitude'")
+        return super().setup(ctx)
+
     def events(self) -> list[tuple[float, float]]:
         return [(self.config.prune_at, self.config.target)]
 
@@ -530,7 +611,7 @@ class Slimming(_ScheduledMethod):
         if self.events_done or self.config.slimming_reg == 0:
             return 0.0
         scales = regulariser.norm_scale_params(self.ctx.model)
-        return self.config.slimming_reg * regulariser.penalty(scales, "l1") if scales else 0.0
+        return self.config.slimming_reg * regulariser.penalty(scales, "l1")
 
     def score(self) -> Scores:
         return norm_scale_magnitudes(self.ctx.model, self.ctx.example_inputs)
