@@ -241,6 +241,8 @@ def _blocking_member(item: _Item, exact: bool) -> str:
     m = item.node.module
     if isinstance(m, tp_ops._OutputOp):
         return "its channels reach the model output"
+    if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups == m.out_channels != m.in_channels:
+        return "a grouped conv with one output per group (torch-pruning would treat it as depthwise)"
     if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm,
                       nn.GroupNorm, ChannelSelect)):
         return ""
@@ -387,7 +389,9 @@ class _Analysis:
             per = size // m.groups
             counts = torch.zeros(m.groups, dtype=torch.long).scatter_add_(
                 0, idx // per, local.long())
-            quota = int(counts.min())
+            # an output side keeps 2 per group: at 1, torch-pruning takes the conv for depthwise
+            keep = 2 if not self.dg.is_in_channel_pruning_fn(it.fn) and m.in_channels > m.groups else 1
+            quota = max(0, min(int(counts.min()), per - keep))
             taken = torch.zeros(m.groups, dtype=torch.long)
             for k in range(len(idx)):
                 if local[k]:
