@@ -308,3 +308,13 @@ def test_forced_removal_of_live_units_for_baselines():
     assert model.features[0].out_channels == 4 and model.features[4].in_channels == 4
     with torch.no_grad():
         assert rel_err(model(x), before) > 1e-3  # live units went, so the function changed
+
+
+def test_grouped_conv_never_collapses_to_one_output_per_group():
+    """At one output per group torch-pruning would take a grouped conv for a depthwise one."""
+    model, x = planted("grouped")
+    widths = {s.name: s.width for s in demp.list_sites(model, x[:2])}
+    everything = {n: torch.ones(w, dtype=torch.bool) for n, w in widths.items()}
+    demp.remove_units(model, everything, x[:2], exact=False)
+    assert model.c2.groups == 2 and model.c2.out_channels == 4 and model.c2.in_channels == 2
+    assert model(x).shape == (len(x), 5)
