@@ -5,6 +5,7 @@ live-only noise) and physically removing the dead ones, optimizer state included
 """
 from .detection import Site, UnitScan, find_dead_units, list_sites, scan_units
 from .errors import DempError
+from .export import load_pruned
 from .pruner import DemonPruner, DemPConfig, RemovalEvent
 from .skip import ChannelSelect
 from .surgery import RemovalReport, SiteRemoval, count_params, remove_units

@@ -1,0 +1,135 @@
+"""Atomic file writes and training checkpoints that resume a run bit for bit.
+
+Every file a run writes (config, summary, checkpoint, exported model) goes through
+``atomic_write_bytes``: a temporary file in the same folder, fsync, then ``os.replace``, so a
+crash at any moment leaves either the old file or the new one, never a torn one.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import DempError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = "demp.checkpoint/1"
+_TEMP_SUFFIX = ".tmp"
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Replace a text file atomically."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Replace a JSON file atomically (indented, keys in insertion order)."""
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def remove_stale_temps(folder: str | Path) -> None:
+    """Delete temporary files left by writes that a crash interrupted."""
+    for tmp in Path(folder).glob(f".*{_TEMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- random state
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch and CUDA generator states, as plain tensors and tuples."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators saved by ``rng_state``."""
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path: str | Path, *, config: dict, architecture: dict, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, method: Any,
+                    loader: Any, progress: dict) -> None:
+    """Write everything a resumed run needs, atomically.
+
+    ``architecture`` is ``demp.export.architecture(model)`` (spec and widths of the pruned
+    model); ``progress`` holds the loop's counters and metric accumulators.
+    """
+    state = {"format": FORMAT, "config": config, "architecture": architecture,
+             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+             "method": method.state_dict(), "loader": loader.state_dict(),
+             "rng": rng_state(), "progress": progress}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint`` (tensors only: no pickled code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DempError(f"no checkpoint at {path}: the run stopped before its first checkpoint; "
+                        "start it again (same --config/--set) with a new --out")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise DempError(f"cannot read checkpoint {path}: {e}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise DempError(f"{path} is not a demp training checkpoint ({FORMAT})")
+    return state

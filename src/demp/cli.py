@@ -1,0 +1,132 @@
+"""The ``demp`` command: train, export, report, sweep.
+
+Errors the user can fix (``DempError``, ``DataError``) print one line to stderr and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .errors import DempError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or resume) a run and print its summary table."""
+    from .config import load_config
+    from .training import CONFIG_NAME, format_summary, train
+    if args.resume:
+        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise DempError(f"--out {args.out} and --resume {args.resume} name different folders; "
+                            "a resumed run stays in its own folder (drop --out)")
+        cfg = load_config(args.config or str(Path(args.resume) / CONFIG_NAME), args.set)
+    else:
+        cfg = load_config(args.config, args.set)
+    summary = train(cfg, out_dir=args.resume or args.out, resume=bool(args.resume),
+                    progress=False if args.quiet else None, tensorboard=args.tensorboard)
+    print(format_summary(summary))
+    print(f"run folder: {summary['run_dir']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Describe a run's exported model; with --onnx, write it as ONNX."""
+    from .export import example_input, export_onnx, load_pruned
+    from .surgery import count_params
+    from .training import MODEL_NAME
+    path = Path(args.run_dir) / MODEL_NAME
+    if not path.is_file():
+        raise DempError(f"no {MODEL_NAME} in {args.run_dir}: the run has not finished "
+                        f"(finish it with `demp train --resume {args.run_dir}`)")
+    model = load_pruned(path)
+    print(f"{path}: {model.demp_spec['name']} with {count_params(model):,} parameters")
+    if args.onnx is not None:
+        target = Path(args.onnx or Path(args.run_dir) / "model.onnx")
+        export_onnx(model, example_input(model), target)
+        print(f"wrote {target}")
+    return 0
+
+
+def delegate(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """A subcommand run by ``demp.<module>.<function>(args)``, imported only when used."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            mod = importlib.import_module(f"demp.{module}")
+        except ModuleNotFoundError as e:
+            if e.name != f"demp.{module}":
+                raise
+            raise DempError(f"'demp {args.command}' is not available: this installation has no "
+                            f"demp.{module} module") from None
+        return getattr(mod, function)(args) or 0
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its four subcommands."""
+    parser = argparse.ArgumentParser(prog="demp", description="Demon Pruning: train while removing dead ReLU units.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (default: DemP on Fashion-MNIST, ~3 min on 2 CPU cores)",
+                       description="Train a model with a method and write a run folder: config.yaml, "
+                                   "metrics.jsonl, checkpoint.pt, model.pt, summary.json.")
+    p.add_argument("--config", metavar="FILE", help="YAML or JSON config (defaults: the main job)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=1 --set method.reg_peak=5e-3")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/<dataset>-<model>-<method>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events (needs tensorboard)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="inspect a run's pruned model or export it to ONNX")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--onnx", nargs="?", const="", metavar="PATH",
+                   help="write ONNX (default path: RUN_DIR/model.onnx; needs onnx)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="tables and plots from run folders")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="DIR", help="where to write the report")
+    p.set_defaults(func=delegate("reporting", "report_main"))
+
+    p = sub.add_parser("sweep", help="run a sweep of configs")
+    p.add_argument("sweep", metavar="SWEEP.yaml")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="runs in parallel")
+    p.set_defaults(func=delegate("sweep", "sweep_main"))
+    return parser
+
+
+def _setup_logging(quiet: bool) -> None:
+    """Per-epoch lines of the ``demp`` logger to stdout (warnings only with --quiet)."""
+    logger = logging.getLogger("demp")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``demp`` console script; returns the exit status."""
+    from .data import DataError
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "quiet", False))
+    try:
+        return args.func(args)
+    except (DempError, DataError) as e:
+        print(f"demp: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        hint = " (continue with `demp train --resume RUN_DIR`)" if args.command == "train" else ""
+        print(f"demp: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Atomic writes, RNG capture, and resuming a really killed run to the same result."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import demp
+from demp import DempError
+from demp.checkpoint import (atomic_write_bytes, atomic_write_json, load_checkpoint, remove_stale_temps,
+                             rng_state, set_rng_state)
+from demp.config import config_to_dict
+from demp.training import train
+from test_training import read_metrics, tiny
+
+KILL_RUN = ("train.epochs=6", "train.checkpoint_every=5", "method.prune_every=3")
+
+
+def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    atomic_write_json(path, {"old": 1})
+
+    def crash(*args):
+        raise OSError("disk gone")
+    monkeypatch.setattr(os, "replace", crash)  # dies after writing the temp file, before the rename
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_write_bytes(path, b'{"new": 2}')
+    assert json.loads(path.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp file left
+
+
+def test_a_killed_writer_leaves_the_old_file_and_a_removable_temp(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"old")
+    code = ("import os, sys, time\nfrom demp import checkpoint\n"
+            "def stuck(fd):\n    print('writing', flush=True); time.sleep(60)\n"
+            "checkpoint.os.fsync = stuck\n"
+            f"checkpoint.atomic_write_bytes({str(path)!r}, b'x' * 10_000_000)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert path.read_bytes() == b"old"
+    assert len(list(tmp_path.glob(".checkpoint.pt.*.tmp"))) == 1
+    remove_stale_temps(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_rng_state_round_trip():
+    state = rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_load_checkpoint_errors(tmp_path):
+    with pytest.raises(DempError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DempError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def _kill_after_first_checkpoint(run_dir, cfg) -> None:
+    """Start `demp train` in a subprocess and SIGKILL it as soon as a checkpoint exists."""
+    config = run_dir.parent / "kill.yaml"
+    config.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    proc = subprocess.Popen([sys.executable, "-m", "demp.cli", "train", "--config", str(config),
+                             "--out", str(run_dir), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoint.pt").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
+    cfg = tiny(*KILL_RUN)
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    _kill_after_first_checkpoint(killed, cfg)
+    assert not (killed / "summary.json").exists(), "the run finished before it was killed"
+    assert load_checkpoint(killed / "checkpoint.pt")["progress"]["step"] < 48
+
+    resumed = train(cfg, out_dir=str(killed), resume=True, progress=False)
+    reference = train(cfg, out_dir=str(whole), progress=False)
+
+    a = demp.load_pruned(killed / "model.pt").state_dict()
+    b = demp.load_pruned(whole / "model.pt").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    timing = {"wall_s", "eval_s", "run_dir", "seconds"}
+    assert {k: v for k, v in resumed.items() if k not in timing} == \
+           {k: v for k, v in reference.items() if k not in timing}
+    assert resumed["prune_events"] >= 1
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if k not in timing} for r in records]
+    assert strip(read_metrics(killed)) == strip(read_metrics(whole))
+
+
+def test_resume_with_a_changed_config_is_refused(tmp_path):
+    cfg = tiny("train.epochs=1")
+    train(cfg, out_dir=str(tmp_path), progress=False)
+    (tmp_path / "summary.json").unlink()  # pretend it was interrupted after its last checkpoint
+    with pytest.raises(DempError, match=r"changed config \(method.reg_peak: 0.05 -> 0.1; optim.lr"):
+        train(tiny("train.epochs=1", "method.reg_peak=0.1", "optim.lr=0.01"), out_dir=str(tmp_path),
+              resume=True, progress=False)
+    with pytest.raises(DempError, match="not a run folder"):
+        train(cfg, out_dir=str(tmp_path / "nothing"), resume=True, progress=False)

@@ -1,0 +1,87 @@
+"""The demp command: a real train from the shell, export, and one-line errors with exit code 2."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from demp.cli import delegate, main
+from test_training import TINY
+
+DEMP = shutil.which("demp", path=str(Path(sys.executable).parent)) or "demp"
+
+
+def sets(*overrides: str) -> list[str]:
+    return [arg for o in (*TINY, *overrides) for arg in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """`demp train --set train.epochs=1 ...` run as a user would, through the console script."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    result = subprocess.run([DEMP, "train", *sets("train.epochs=1"), "--out", str(run_dir)],
+                            capture_output=True, text=True, timeout=300)
+    return run_dir, result
+
+
+def test_train_from_the_command_line(cli_run):
+    run_dir, result = cli_run
+    assert result.returncode == 0, result.stderr
+    for line in ("test accuracy", "units", "parameters", "forward FLOPs/example", "wall time",
+                 f"run folder: {run_dir}", "epoch 1/1"):
+        assert line in result.stdout
+    assert (run_dir / "summary.json").is_file() and (run_dir / "model.pt").is_file()
+
+
+def test_export_onnx(cli_run, capsys):
+    pytest.importorskip("onnx")
+    run_dir, _ = cli_run
+    assert main(["export", str(run_dir), "--onnx"]) == 0
+    assert (run_dir / "model.onnx").stat().st_size > 0
+    assert "small_cnn with" in capsys.readouterr().out
+
+
+def error_of(argv, capsys) -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1
+    return captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--set", "optim.lr=0"], "optim.lr must be > 0"),
+    (["train", "--set", "model.name=resnet9"], "valid: densenet_tiny"),
+    (["train", "--set", "train.epoch=1"], "unknown key 'train.epoch'"),
+    (["train", "--config", "missing.yaml"], "config file missing.yaml not found"),
+    (["export", "nowhere"], "no model.pt in nowhere"),
+])
+def test_errors_are_one_line_with_exit_code_2(argv, message, capsys):
+    assert message in error_of(argv, capsys)
+
+
+def test_missing_dataset_says_how_to_install_it(tmp_path, capsys):
+    err = error_of(["train", "--set", f"data.root={tmp_path}", "--out", str(tmp_path / "run"), "--quiet"], capsys)
+    assert "apt-get install -y dataset-fashion-mnist" in err and "data.root" in err
+
+
+def test_resume_refusals(cli_run, tmp_path, capsys):
+    run_dir, _ = cli_run
+    assert "already finished" in error_of(["train", "--resume", str(run_dir)], capsys)
+    assert "name different folders" in error_of(["train", "--resume", str(run_dir), "--out", str(tmp_path)], capsys)
+
+
+def test_missing_subcommand_module_is_a_clear_error(capsys):
+    import argparse
+    from demp import DempError
+    with pytest.raises(DempError, match="'demp report' is not available: this installation has no demp.no_such"):
+        delegate("no_such", "report_main")(argparse.Namespace(command="report"))
+
+
+def test_help_lists_the_subcommands():
+    result = subprocess.run([sys.executable, "-m", "demp.cli", "--help"], capture_output=True, text=True,
+                            env={**os.environ, "COLUMNS": "100"})
+    assert result.returncode == 0
+    for command in ("train", "export", "report", "sweep"):
+        assert command in result.stdout

@@ -1,0 +1,78 @@
+"""Saving and reloading pruned models without their widths; ONNX parity."""
+import pytest
+import torch
+import torch.nn as nn
+
+import demp
+from demp import DempError
+from demp.export import example_input, export_onnx, load_pruned, save_pruned
+from demp.models import create_model
+from demp.skip import ChannelSelect
+
+
+def pruned(name: str, width: float, seed: int = 0) -> nn.Module:
+    """A zoo model with about a third of every site's units removed (not only dead ones)."""
+    torch.manual_seed(seed)
+    model = create_model(name, width=width)
+    x = example_input(model, 2)
+    g = torch.Generator().manual_seed(seed)
+    marks = {s.name: torch.rand(s.width, generator=g) < 0.35 for s in demp.list_sites(model, x)}
+    report = demp.remove_units(model, marks, x, exact=False)
+    assert report.units_removed > 0
+    return model.eval()
+
+
+@pytest.mark.parametrize("name, width", [("resnet18", 0.125), ("vit_tiny", 0.25)])
+def test_round_trip_gives_identical_outputs(tmp_path, name, width):
+    model = pruned(name, width)
+    save_pruned(model, tmp_path / "model.pt")
+    loaded = load_pruned(tmp_path / "model.pt")
+    assert not loaded.training and loaded.demp_spec == model.demp_spec
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert demp.count_params(loaded) == demp.count_params(model)
+    assert [s.width for s in demp.list_sites(loaded, x)] == [s.width for s in demp.list_sites(model, x)]
+
+
+def test_channel_select_widths_are_restored(tmp_path):
+    model = pruned("resnet18", 0.125, seed=1)
+    selects = {n: m for n, m in model.named_modules() if isinstance(m, ChannelSelect)}
+    assert any(m.in_channels != m.out_channels or m.src.numel() < m.out_channels for m in selects.values())
+    save_pruned(model, tmp_path / "model.pt")
+    loaded = dict(load_pruned(tmp_path / "model.pt").named_modules())
+    for name, m in selects.items():
+        twin = loaded[name]
+        assert (twin.in_channels, twin.out_channels) == (m.in_channels, m.out_channels)
+        assert torch.equal(twin.src, m.src) and torch.equal(twin.dst, m.dst)
+
+
+def test_model_without_spec_is_pickled(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    save_pruned(model, tmp_path / "plain.pt")
+    with pytest.raises(DempError, match="allow_pickle=True"):
+        load_pruned(tmp_path / "plain.pt")
+    loaded = load_pruned(tmp_path / "plain.pt", allow_pickle=True)
+    x = torch.randn(5, 4)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(DempError, match="no saved model"):
+        load_pruned(tmp_path / "missing.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(DempError, match="not a model saved by demp.save_pruned"):
+        load_pruned(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("name, width", [("resnet18", 0.125), ("vit_tiny", 0.25)])
+def test_onnx_matches_torch(tmp_path, name, width):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    model = pruned(name, width)
+    export_onnx(model, example_input(model), tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    x = torch.randn(3, 3, 32, 32)  # another batch size than the export example
+    out = session.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert (torch.from_numpy(out) - model(x)).abs().max().item() < 1e-4

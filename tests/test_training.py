@@ -1,0 +1,154 @@
+"""Training loop on tiny synthetic data: run folder, metrics, summary, schedules, refusals."""
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+import demp
+from demp import DempError
+from demp.config import load_config
+from demp.training import format_summary, lr_factor, train
+
+TINY = ["data.name=synthetic", "model.width=0.25", "train.batch_size=64", "train.epochs=2",
+        "train.log_every=2", "method.prune_every=4", "method.reg_peak=0.05", "method.probe_size=256",
+        "method.probe_batch=128", "threads=1"]
+"""512 training images of 16x16: 8 steps per epoch, a second or two per run."""
+
+SUMMARY_KEYS = {"test_acc", "best_acc", "units_initial", "units_final", "units_remaining",
+                "params_initial", "params_final", "params_remaining", "fwd_flops_initial",
+                "fwd_flops_final", "train_flops", "wall_s", "eval_s", "prune_events", "method",
+                "optimizer", "knob", "seed", "model", "dataset"}
+STEP_KEYS = {"step", "epoch", "loss", "lr", "lam", "sigma", "units", "params", "fwd_flops"}
+EPOCH_KEYS = {"epoch", "test_acc", "test_loss", "train_loss", "units", "params", "live_units", "wall_s"}
+
+
+def tiny(*overrides: str):
+    return load_config(None, TINY + list(overrides))
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def demp_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("demp_run")
+    return run_dir, train(tiny(), out_dir=str(run_dir), progress=False)
+
+
+def test_run_folder_and_summary(demp_run):
+    run_dir, summary = demp_run
+    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json",
+                                                  "model.pt", "checkpoint.pt"}
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["units_final"] < summary["units_initial"] and summary["prune_events"] >= 1
+    assert summary["units_remaining"] == summary["units_final"] / summary["units_initial"]
+    assert summary["params_remaining"] == summary["params_final"] / summary["params_initial"]
+    assert summary["fwd_flops_final"] <= summary["fwd_flops_initial"]
+    assert 0 < summary["train_flops"] < 16 * 64 * 3 * summary["fwd_flops_initial"] * 1.01
+    assert summary["best_acc"] >= summary["test_acc"] > 0.5  # the toy set is easy
+    assert (summary["method"], summary["knob"], summary["dataset"]) == ("demp", 0.05, "synthetic")
+    assert summary["wall_s"] > 0 and summary["eval_s"] > 0
+    assert load_config(str(run_dir / "config.yaml")) == tiny()
+
+
+def test_exported_model_matches_summary(demp_run):
+    run_dir, summary = demp_run
+    model = demp.load_pruned(run_dir / "model.pt")
+    assert demp.count_params(model) == summary["params_final"]
+    sites = demp.list_sites(model, torch.zeros(2, 3, 16, 16))
+    assert {s.name: s.width for s in sites} == summary["widths_final"]
+    assert sum(summary["widths_final"].values()) == summary["units_final"]
+
+
+def test_metrics_lines(demp_run):
+    run_dir, summary = demp_run
+    records = read_metrics(run_dir)
+    steps = [r for r in records if "loss" in r]
+    epochs = [r for r in records if "test_acc" in r and "event" not in r]
+    removals = [r for r in records if r.get("event") == "removal"]
+    assert [r["step"] for r in steps] == list(range(2, 17, 2))
+    assert all(STEP_KEYS <= set(r) and math.isfinite(r["loss"]) and r["lam"] > 0 for r in steps)
+    assert [r["epoch"] for r in epochs] == [1, 2] and all(EPOCH_KEYS <= set(r) for r in epochs)
+    assert len(removals) == summary["prune_events"]
+    assert all(r["units_after"] < r["units_before"] for r in removals)
+    assert records[-1]["event"] == "final" and records[-1]["test_acc"] == summary["test_acc"]
+    units = [r["units"] for r in steps]
+    assert units == sorted(units, reverse=True)  # units only ever go
+
+
+def test_dense_run_removes_nothing(tmp_path):
+    summary = train(tiny("method.name=dense", "train.epochs=1", "train.eval_every_epoch=false"),
+                    out_dir=str(tmp_path), progress=False)
+    assert summary["units_final"] == summary["units_initial"] and summary["prune_events"] == 0
+    assert summary["knob"] is None and summary["params_remaining"] == 1.0
+    records = read_metrics(tmp_path)
+    assert all(r["lam"] is None for r in records if "loss" in r)
+    assert not any("test_acc" in r for r in records if r.get("event") != "final")
+
+
+def test_max_steps_caps_training(tmp_path):
+    summary = train(tiny("train.max_steps=5", "optim.name=sgd", "optim.lr=0.05", "optim.schedule=step"),
+                    out_dir=str(tmp_path), progress=False)
+    assert summary["steps"] == 5
+    assert max(r["step"] for r in read_metrics(tmp_path)) == 5
+
+
+def test_divergence_is_a_clear_error(tmp_path):
+    with pytest.raises(DempError, match="training diverged; lower optim.lr"):
+        train(tiny("method.name=dense", "optim.name=sgd", "optim.lr=1e30"), out_dir=str(tmp_path), progress=False)
+
+
+def test_existing_run_folder_is_refused(demp_run):
+    run_dir, _ = demp_run
+    with pytest.raises(DempError, match="already holds a run"):
+        train(tiny(), out_dir=str(run_dir), progress=False)
+    with pytest.raises(DempError, match="already finished"):
+        train(tiny(), out_dir=str(run_dir), resume=True, progress=False)
+
+
+def test_lr_schedules():
+    def lrs(schedule, *more):
+        factor = lr_factor(load_config(None, [f"optim.schedule={schedule}", *more]), 100, 10)
+        return [factor(s) for s in range(101)]
+    one_cycle = lrs("one_cycle")
+    assert one_cycle[0] == pytest.approx(1 / 25) and one_cycle[30] == pytest.approx(1.0)
+    assert one_cycle[100] == pytest.approx(1 / 25 / 1e4)
+    step = lrs("step", "optim.milestones=[0.5]", "optim.gamma=0.1")
+    assert step[49] == 1.0 and step[50] == pytest.approx(0.1)
+    warm = lrs("warmup_step", "optim.warmup_epochs=2", "optim.milestones=[0.5]", "optim.gamma=0.1")
+    assert warm[0] == pytest.approx(1 / 20) and warm[19] == 1.0 and warm[60] == pytest.approx(0.1)
+    assert lrs("cosine")[100] == pytest.approx(0.0, abs=1e-12) and lrs("constant") == [1.0] * 101
+
+
+def test_format_summary_table(demp_run):
+    _, summary = demp_run
+    table = format_summary(summary)
+    for word in ("test accuracy", "units", "parameters", "forward FLOPs/example", "wall time"):
+        assert word in table
+    assert f"{summary['units_initial']:,}" in table and f"{summary['params_final']:,}" in table
+
+
+def test_tensorboard_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    train(tiny("method.name=dense", "train.epochs=1"), out_dir=str(tmp_path), progress=False, tensorboard=True)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_imagefolder_data(tmp_path):
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = tmp_path / "data" / split / label
+            folder.mkdir(parents=True)
+            for i in range(6):
+                pixels = torch.randint(0, 256, (20, 20, 3), generator=g, dtype=torch.uint8)
+                Image.fromarray(pixels.numpy()).save(folder / f"{i}.png")
+    summary = train(tiny("data.name=imagefolder", f"data.root={tmp_path / 'data'}", "data.resize=16",
+                         "train.batch_size=4", "train.epochs=1", "method.probe_size=8"),
+                    out_dir=str(tmp_path / "run"), progress=False)
+    assert summary["steps"] == 3 and 0 <= summary["test_acc"] <= 1
