@@ -110,8 +110,8 @@ def test_resume_with_a_changed_config_is_refused(tmp_path):
     cfg = tiny("train.epochs=1")
     train(cfg, out_dir=str(tmp_path), progress=False)
     (tmp_path / "summary.json").unlink()  # pretend it was interrupted after its last checkpoint
-    with pytest.raises(DempError, match=r"changed config \(method.reg_peak: 0.05 -> 0.1; optim.lr"):
-        train(tiny("train.epochs=1", "method.reg_peak=0.1", "optim.lr=0.01"), out_dir=str(tmp_path),
+    with pytest.raises(DempError, match=r"changed config \(method.reg_peak: 0.05 -> 0.1; optim.lr: 0.01 -> 0.02\)"):
+        train(tiny("train.epochs=1", "method.reg_peak=0.1", "optim.lr=0.02"), out_dir=str(tmp_path),
               resume=True, progress=False)
     with pytest.raises(DempError, match="not a run folder"):
         train(cfg, out_dir=str(tmp_path / "nothing"), resume=True, progress=False)

@@ -9,7 +9,8 @@ from demp import DempError
 from demp.config import Config, config_diff, config_from_dict, config_to_dict, load_config
 from demp.methods import MethodConfig
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml")
+                 if not p.name.startswith("sweep"))  # sweep files are not run configs
 
 
 def test_defaults_are_the_main_job():

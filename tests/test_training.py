@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import yaml
 
 import demp
 from demp import DempError

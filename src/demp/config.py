@@ -40,7 +40,7 @@ class DataConfig:
 class ModelConfig:
     """A model from the zoo (``demp.models.list_models()``) at a width multiplier."""
     name: str = "small_cnn"
-    width: float = 0.5
+    width: float = 0.75
     kwargs: dict[str, Any] = field(default_factory=dict)   # extra builder arguments
 
 
@@ -59,7 +59,7 @@ class TrainConfig:
 class OptimConfig:
     """Optimizer, learning-rate schedule and loss settings."""
     name: str = "adamw"                 # adamw | sgd (with momentum)
-    lr: float = 2e-3
+    lr: float = 1e-2
     weight_decay: float = 5e-4
     momentum: float = 0.9               # sgd only
     schedule: str = "one_cycle"         # step | one_cycle | cosine | warmup_step | constant
@@ -70,8 +70,13 @@ class OptimConfig:
 
 
 def main_job_method() -> MethodConfig:
-    """DemP settings of the main job: strong enough to remove a visible share of units in 3 epochs."""
-    return MethodConfig(name="demp", reg_peak=1e-2, noise_peak=5e-5, prune_every=200,
+    """DemP settings of the main job: strong enough to remove about half the parameters in 3 epochs.
+
+    Measured on the main job: with lr 2e-3 almost no unit dies even at reg_peak 0.2 (the
+    scales shrink together behind the next BatchNorm); lr 1e-2 with reg_peak 5e-2 removes a
+    quarter of the units, while reg_peak 0.2 collapses the network.
+    """
+    return MethodConfig(name="demp", reg_peak=5e-2, noise_peak=5e-5, prune_every=200,
                         reg_span=0.8, probe_size=1536, probe_batch=512)
 
 

@@ -278,7 +278,10 @@ class MetricsLog:
     def offset(self) -> int:
         return self.file.tell()
 
-    def close(self) -> None:
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
         self.file.close()
         if self.writer is not None:
             self.writer.close()
@@ -301,6 +304,37 @@ class Progress:
     window_batches: int = 0
     metrics_offset: int = 0
     initial: dict = field(default_factory=dict)   # Arch of the network before any removal
+
+    def count_step(self, loss: float, flops: int) -> None:
+        """Account for one optimizer step."""
+        self.step += 1
+        self.train_flops += flops
+        self.epoch_loss += loss
+        self.epoch_batches += 1
+        self.window_loss += loss
+        self.window_batches += 1
+
+
+# ----------------------------------------------------------------------------- one step
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, method: Method,
+               autocast: Callable[[], Any], step: int, cfg: Config) -> tuple[float, Optional[RemovalReport]]:
+    """Task loss + method penalty, backward, optimizer step, then the method's after_step hook.
+
+    Returns the task loss and the removal report of the hook (None when it did no dead check).
+    """
+    with autocast():
+        loss = criterion(model(x), y)
+    value = loss.item()
+    if not math.isfinite(value):
+        raise DempError(f"loss is {value} at step {step}: training diverged; lower optim.lr "
+                        f"(now {cfg.optim.lr}) or method.reg_peak (now {cfg.method.reg_peak})")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss + method.penalty()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return value, method.after_step(step, loss.detach())
 
 
 # ----------------------------------------------------------------------------- the run
@@ -407,6 +441,7 @@ def train(cfg: Config, out_dir: str | None = None, resume: bool = False, progres
     _start_run_dir(cfg, run_dir)
     metrics = MetricsLog(run_dir / METRICS_NAME, state.metrics_offset,
                          run_dir / "tensorboard" if tensorboard else None, state.step)
+    bar = tqdm(total=total_steps, initial=state.step, disable=not show_bar, unit="step", dynamic_ncols=True)
 
     def on_removal(report: Optional[RemovalReport]) -> None:
         """Log a removal event and recount the architecture (bookkeeping: not training time)."""
@@ -446,8 +481,7 @@ def train(cfg: Config, out_dir: str | None = None, resume: bool = False, progres
     log.info("run folder %s: %s %s (width %s) on %s, %d steps of batch %d on %s",
              run_dir, cfg.method.name, cfg.model.name, cfg.model.width, cfg.data.name, total_steps,
              cfg.train.batch_size, device)
-    bar = tqdm(total=total_steps, initial=state.step, disable=not show_bar, unit="step", dynamic_ncols=True)
-    with logging_redirect_tqdm(loggers=[log]), bar:
+    with metrics, bar, logging_redirect_tqdm(loggers=[log]):
         on_removal(timed(lambda: method.setup(ctx)))  # SNAP-like methods prune here
         # ---- the loop
         while state.epoch < cfg.train.epochs and state.step < total_steps:
@@ -456,26 +490,11 @@ def train(cfg: Config, out_dir: str | None = None, resume: bool = False, progres
             for batch_index, (x, y) in enumerate(data.train, start=data.train.state_dict()["position"]):
                 if cuda and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with autocast():
-                    loss = criterion(model(x), y)
-                loss_value = loss.item()
-                if not math.isfinite(loss_value):
-                    raise DempError(f"loss is {loss_value} at step {state.step} (epoch {state.epoch + 1}): "
-                                    f"training diverged; lower optim.lr (now {cfg.optim.lr}) or "
-                                    f"method.reg_peak (now {cfg.method.reg_peak})")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss + method.penalty()).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                report = method.after_step(state.step, loss.detach())
                 lr = optimizer.param_groups[0]["lr"]
+                loss_value, report = train_step(model, x, y, criterion, optimizer, scaler, method, autocast,
+                                                state.step, cfg)
                 scheduler.step()
-                state.train_flops += len(x) * arch.train_flops
-                state.step += 1
-                state.epoch_loss += loss_value
-                state.epoch_batches += 1
-                state.window_loss += loss_value
-                state.window_batches += 1
+                state.count_step(loss_value, len(x) * arch.train_flops)
                 # bookkeeping below is not training time
                 state.wall_s += time.perf_counter() - clock
                 on_removal(report)
@@ -515,9 +534,8 @@ def train(cfg: Config, out_dir: str | None = None, resume: bool = False, progres
         on_removal(timed(method.finish))
         final: dict = {}
         run_eval(final)
-    metrics.write({"event": "final", "step": state.step, **final, "units": arch.units,
-                   "params": arch.params, "fwd_flops": arch.fwd_flops, "wall_s": state.wall_s}, state.step)
-    metrics.close()
+        metrics.write({"event": "final", "step": state.step, **final, "units": arch.units,
+                       "params": arch.params, "fwd_flops": arch.fwd_flops, "wall_s": state.wall_s}, state.step)
     save_pruned(model, run_dir / MODEL_NAME)
     summary = _summary(cfg, state, arch, final, total_steps) | {"run_dir": str(run_dir)}
     atomic_write_json(run_dir / SUMMARY_NAME, summary)
