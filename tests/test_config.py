@@ -60,6 +60,7 @@ def test_round_trip_through_dict_and_yaml():
     ("optim.milestones=[0.6, 0.3]", "optim.milestones must be increasing"),
     ("optim.schedule=warmup_step", "needs optim.warmup_epochs > 0"),
     ("data.name=imagefolder", "needs data.root"),
+    ("optim.warmup_epochs=1", "'one_cycle' has its own warm-up"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(DempError, match=message):

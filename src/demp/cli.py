@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -20,7 +21,7 @@ EXIT_INTERRUPTED = 130
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) a run and print its summary table."""
     from .config import load_config
-    from .training import CONFIG_NAME, format_summary, train
+    from .training import CONFIG_NAME, default_run_dir, format_summary, train
     if args.resume:
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise DempError(f"--out {args.out} and --resume {args.resume} name different folders; "
@@ -28,11 +29,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args.config or str(Path(args.resume) / CONFIG_NAME), args.set)
     else:
         cfg = load_config(args.config, args.set)
-    summary = train(cfg, out_dir=args.resume or args.out, resume=bool(args.resume),
-                    progress=False if args.quiet else None, tensorboard=args.tensorboard)
+    run_dir = str(args.resume or args.out or cfg.out or default_run_dir(cfg))
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop ends like Ctrl-C
+    try:
+        summary = train(cfg, out_dir=run_dir, resume=bool(args.resume),
+                        progress=False if args.quiet else None, tensorboard=args.tensorboard)
+    except KeyboardInterrupt:
+        print(f"demp: interrupted; continue with `demp train --resume {run_dir}`", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(format_summary(summary))
-    print(f"run folder: {summary['run_dir']}")
+    print(f"run folder: {run_dir}")
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -123,8 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"demp: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        hint = " (continue with `demp train --resume RUN_DIR`)" if args.command == "train" else ""
-        print(f"demp: interrupted{hint}", file=sys.stderr)
+        print("demp: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

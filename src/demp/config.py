@@ -32,7 +32,7 @@ class DataConfig:
     name: str = "fashion_mnist"     # fashion_mnist | cifar10 | synthetic | imagefolder
     root: Optional[str] = None      # dataset folder (None: the dataset's standard place)
     subset: Optional[int] = None    # keep the first N training examples
-    augment: bool = False           # pad-4 random crop + horizontal flip
+    augment: bool = False           # pad-4 random crop + flip (imagefolder: always random-resized-crop)
     resize: Optional[int] = None    # resize images to this side (e.g. 64 for VGG on CIFAR-10)
 
 
@@ -65,7 +65,7 @@ class OptimConfig:
     schedule: str = "one_cycle"         # step | one_cycle | cosine | warmup_step | constant
     milestones: tuple[float, ...] = (0.3, 0.6, 0.9)   # step schedules: fractions of training
     gamma: float = 0.2                  # step schedules: factor at each milestone
-    warmup_epochs: float = 0.0          # linear warm-up (warmup_step, cosine, step, constant)
+    warmup_epochs: float = 0.0          # linear warm-up (warmup_step, cosine, step, constant schedules)
     label_smoothing: float = 0.0
 
 
@@ -176,6 +176,12 @@ def _check_ranges(cfg: Config) -> None:
     if o.schedule == "warmup_step" and o.warmup_epochs <= 0:
         raise DempError("optim.schedule 'warmup_step' needs optim.warmup_epochs > 0 "
                         "(or use optim.schedule 'step')")
+    if o.schedule == "one_cycle" and o.warmup_epochs > 0:
+        raise DempError("optim.schedule 'one_cycle' has its own warm-up (to the peak at 30%); "
+                        "set optim.warmup_epochs=0")
+    if d.name == "imagefolder" and d.subset is not None:
+        raise DempError("data.subset is not supported with data.name 'imagefolder'; "
+                        "point data.root at a smaller folder instead")
 
 
 def _check_method(me: MethodConfig) -> None:
