@@ -332,9 +332,9 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
     return cfg.validate()
 
 
-def config_diff(a: Config, b: Config, ignore: Sequence[str] = ()) -> list[str]:
-    """Dotted keys whose values differ between two configs."""
-    def flat(d: dict, prefix: str = "") -> dict:
+def flat_config(cfg: Config) -> dict[str, Any]:
+    """``{dotted key: value}`` of every setting (``model.kwargs`` stays one value)."""
+    def flat(d: dict, prefix: str) -> dict:
         out = {}
         for k, v in d.items():
             if isinstance(v, dict) and k != "kwargs":
@@ -342,5 +342,10 @@ def config_diff(a: Config, b: Config, ignore: Sequence[str] = ()) -> list[str]:
             else:
                 out[prefix + k] = v
         return out
-    fa, fb = flat(config_to_dict(a)), flat(config_to_dict(b))
-    return sorted(k for k in set(fa) | set(fb) if k not in ignore and fa.get(k) != fb.get(k))
+    return flat(config_to_dict(cfg), "")
+
+
+def config_diff(a: Config, b: Config, ignore: Sequence[str] = ()) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    fa, fb = flat_config(a), flat_config(b)
+    return sorted(k for k in fa if k not in ignore and fa[k] != fb[k])

@@ -32,7 +32,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import data as demp_data
 from .checkpoint import (CHECKPOINT_NAME, atomic_write_json, atomic_write_text, load_checkpoint,
                          remove_stale_temps, save_checkpoint, set_rng_state)
-from .config import Config, config_diff, config_from_dict, config_to_dict
+from .config import Config, config_diff, config_from_dict, config_to_dict, flat_config
 from .detection import eval_mode, list_sites, scan_units
 from .errors import DempError
 from .export import architecture, build_pruned, save_pruned
@@ -45,7 +45,8 @@ from .surgery import RemovalReport, count_params
 log = logging.getLogger("demp")
 
 CONFIG_NAME, METRICS_NAME, SUMMARY_NAME, MODEL_NAME = "config.yaml", "metrics.jsonl", "summary.json", "model.pt"
-EVAL_BATCH = 1024
+EVAL_BATCH = 1024          # in-memory test sets
+FOLDER_EVAL_BATCH = 256    # image folders (full-size images decoded by workers)
 FLOPS_NOTE = "FLOPs = 2 x multiply-adds of matmuls/convs/attention (torch FlopCounterMode)"
 
 
@@ -169,7 +170,7 @@ def _folder_data(cfg: Config, device: torch.device) -> Data:
     def loader(ds: demp_data.ImageFolderDataset, batch: int, is_train: bool, seed: int) -> FolderLoader:
         return FolderLoader(ds, batch, train=is_train, seed=seed, device=device)
 
-    return Data(train=loader(train, bs, True, cfg.seed), test=loader(test, EVAL_BATCH // 4, False, cfg.seed),
+    return Data(train=loader(train, bs, True, cfg.seed), test=loader(test, FOLDER_EVAL_BATCH, False, cfg.seed),
                 probe=[p.to(device) for p in probe],
                 score_batches=lambda n: _take(loader(train, bs, True, cfg.seed + 1), n),
                 num_classes=len(train.classes), in_channels=3, image_size=size)
@@ -297,7 +298,6 @@ class Progress:
     eval_s: float = 0.0
     prune_events: int = 0
     best_acc: Optional[float] = None
-    last_acc: Optional[float] = None
     epoch_loss: float = 0.0
     epoch_batches: int = 0
     window_loss: float = 0.0
@@ -354,8 +354,8 @@ def _check_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Optional[dict]:
     saved = config_from_dict(ckpt["config"], f"{run_dir / CHECKPOINT_NAME}")
     diff = config_diff(saved, cfg, ignore=("out",))
     if diff:
-        flat_saved, flat_new = _flat(config_to_dict(saved)), _flat(config_to_dict(cfg))
-        changes = "; ".join(f"{k}: {flat_saved.get(k)!r} -> {flat_new.get(k)!r}" for k in diff)
+        old, new = flat_config(saved), flat_config(cfg)
+        changes = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in diff)
         raise DempError(f"cannot resume {run_dir} with a changed config ({changes}); resume without "
                         "--config/--set, or start a new run with another --out")
     return ckpt
@@ -367,16 +367,6 @@ def _start_run_dir(cfg: Config, run_dir: Path) -> None:
     remove_stale_temps(run_dir)
     if not (run_dir / CONFIG_NAME).exists():
         atomic_write_text(run_dir / CONFIG_NAME, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "kwargs":
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def _check_tensorboard() -> None:
@@ -474,7 +464,7 @@ def train(cfg: Config, out_dir: str | None = None, resume: bool = False, progres
     def run_eval(epoch_record: dict) -> None:
         t = time.perf_counter()
         acc, loss = evaluate(model, data.test, autocast)
-        state.last_acc, state.best_acc = acc, max(acc, state.best_acc or 0.0)
+        state.best_acc = max(acc, state.best_acc or 0.0)
         epoch_record.update(test_acc=acc, test_loss=loss, live_units=live_units(model, data.probe))
         state.eval_s += time.perf_counter() - t
 
