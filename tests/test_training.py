@@ -7,7 +7,8 @@ import torch
 
 import demp
 from demp import DempError
-from demp.config import load_config
+from demp import training
+from demp.config import available_methods, load_config
 from demp.training import format_summary, lr_factor, train
 
 TINY = ["data.name=synthetic", "model.width=0.25", "train.batch_size=64", "train.epochs=2",
@@ -151,3 +152,30 @@ def test_imagefolder_data(tmp_path):
                          "train.batch_size=4", "train.epochs=1", "method.probe_size=8"),
                     out_dir=str(tmp_path / "run"), progress=False)
     assert summary["steps"] == 3 and 0 <= summary["test_acc"] <= 1
+
+
+@pytest.mark.filterwarnings("ignore:.*early trigger never fired")
+@pytest.mark.parametrize("name", available_methods())
+def test_every_method_trains_and_resumes_exactly(name, tmp_path, monkeypatch):
+    """Interrupt each registered method after a mid-epoch checkpoint; the resumed run ends identical."""
+    cfg = tiny(f"method.name={name}", "method.target=0.3", "train.checkpoint_every=3")
+    reference = train(cfg, out_dir=str(tmp_path / "whole"), progress=False)
+    assert reference["units_final"] <= reference["units_initial"]
+
+    real_step, calls = training.train_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 11:  # after the checkpoint at step 9, in the second epoch
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(training, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out_dir=str(tmp_path / "cut"), progress=False)
+    monkeypatch.setattr(training, "train_step", real_step)
+    resumed = train(cfg, out_dir=str(tmp_path / "cut"), resume=True, progress=False)
+
+    a = demp.load_pruned(tmp_path / "cut" / "model.pt").state_dict()
+    b = demp.load_pruned(tmp_path / "whole" / "model.pt").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test_acc"] == reference["test_acc"] and resumed["train_flops"] == reference["train_flops"]
