@@ -1,0 +1,72 @@
+"""Shipped configs: every file under configs/ loads and validates (sweep files plan every run),
+and the CPU configs and one paper config train a few steps with synthetic data substituted."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from demp.config import load_config
+from demp.sweep import load_sweep, plan_runs
+from demp.training import train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FILES = sorted(CONFIGS.rglob("*.yaml"))
+SWEEPS = [p for p in FILES if p.name.startswith("sweep_")]
+RUN_CONFIGS = [p for p in FILES if p not in SWEEPS]
+SMOKE = sorted(CONFIGS.glob("cpu/*.yaml")) + [CONFIGS / "paper" / "vgg16_cifar10_sgd.yaml"]
+SMOKE = [p for p in SMOKE if p in RUN_CONFIGS]
+
+
+def _id(path: Path) -> str:
+    return path.relative_to(CONFIGS).as_posix()
+
+
+def test_the_expected_files_exist():
+    names = {_id(p) for p in FILES}
+    for stem in ("resnet18_cifar10_adamw", "resnet18_cifar10_sgd", "vgg16_cifar10_adamw",
+                 "vgg16_cifar10_sgd", "resnet50_imagenet_sgd", "resnet50_imagenet_adam"):
+        assert f"paper/{stem}.yaml" in names
+    assert {"cpu/sweep_cifar10_vgg.yaml", "cpu/sweep_fmnist.yaml"} <= names
+    assert len([n for n in names if n.startswith("paper/sweep_")]) >= 3
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=_id)
+def test_config_loads_and_validates(path: Path):
+    cfg = load_config(str(path))
+    assert cfg.method.name == "demp" and 0 < cfg.method.reg_peak < 1
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=_id)
+def test_sweep_plans_valid_runs(path: Path):
+    runs = plan_runs(load_sweep(path))
+    methods = {r.entry.method for r in runs}
+    assert {"dense", "demp"} <= methods
+    demp_knobs = {(r.optim, r.knob) for r in runs if r.entry.method == "demp"}
+    for optim in {r.optim for r in runs}:
+        assert len([k for o, k in demp_knobs if o == optim]) >= 4, optim
+
+
+def test_cpu_cifar_sweep_follows_issue_4():
+    """Dense reference; DemP >= 5 peaks per optimizer; each baseline >= 4 targets over 30-90%."""
+    sweep = load_sweep(CONFIGS / "cpu" / "sweep_cifar10_vgg.yaml")
+    runs = plan_runs(sweep)
+    assert {r.optim for r in runs if r.entry.method == "dense"} == {"adamw", "sgd"}
+    for optim in ("adamw", "sgd"):
+        assert len({r.knob for r in runs if r.entry.method == "demp" and r.optim == optim}) >= 5
+        for method in ("snap", "cropit", "earlysnap", "earlycrop"):
+            targets = {r.knob for r in runs if r.entry.method == method and r.optim == optim}
+            assert len(targets) >= 4 and min(targets) <= 0.3 and max(targets) >= 0.9, (method, optim)
+    assert sweep.extra_seeds and sweep.extra_seeds.near_units_removed == (0.5, 0.8)
+
+
+@pytest.mark.parametrize("path", SMOKE, ids=_id)
+def test_config_trains_a_few_steps_on_synthetic_data(path: Path, tmp_path: Path):
+    cfg = load_config(str(path), [
+        "data.name=synthetic", "data.root=null", "data.subset=null", "data.resize=32",
+        "model.width=0.125", "train.max_steps=2", "train.epochs=1", "train.batch_size=8",
+        "train.eval_every_epoch=false", "method.prune_every=2", "method.probe_size=16",
+        "method.probe_batch=16"])
+    summary = train(cfg, str(tmp_path / "run"), progress=False)
+    assert summary["steps"] == 2 and 0 <= summary["test_acc"] <= 1
+    assert summary["optimizer"] == load_config(str(path)).optim.name

@@ -1,0 +1,166 @@
+"""Reporting on fabricated run folders: CSV columns and order, interpolation at matched units
+removed (including n/a outside a curve's span), speed-ups, plots and report.md."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from demp.errors import DempError
+from demp.reporting import (COLUMNS, add_report_args, interpolate, load_runs, matched_table,
+                            read_csv, report, report_main, row_key)
+
+SITES = ("features.0", "features.3", "features.7", "classifier.1")
+
+
+def make_run(root: Path, name: str, *, method: str, optimizer: str = "adamw", knob=None, seed=0,
+             units: float = 1.0, acc: float = 0.8, wall: float = 100.0, epochs: int = 3) -> Path:
+    """A run folder as ``demp train`` writes it, with made-up numbers."""
+    run = root / name
+    run.mkdir(parents=True)
+    widths = {s: 16 for s in SITES}
+    records, step = [], 0
+    for epoch in range(1, epochs + 1):
+        for _ in range(4):
+            step += 10
+            frac = 1 - (1 - units) * step / (40 * epochs)
+            records.append({"step": step, "epoch": epoch - 1, "loss": 2.3 / (1 + step / 20), "lr": 1e-3,
+                            "lam": 0.0, "sigma": 0.0, "units": round(64 * frac),
+                            "params": round(10000 * frac ** 2), "fwd_flops": 1e6 * frac ** 2})
+        if method != "dense" and epoch == epochs:
+            records.append({"event": "removal", "step": step, "units_removed": 3})
+        live = {s: max(1, round(w * (1 - (1 - units) * epoch / epochs * (i + 1) / 2.5)))
+                for i, (s, w) in enumerate(widths.items())}
+        records.append({"epoch": epoch, "test_acc": acc * epoch / epochs, "test_loss": 1.0 / epoch,
+                        "train_loss": 1.2 / epoch, "units": sum(live.values()), "params": 1,
+                        "live_units": live, "wall_s": wall * epoch / epochs})
+    (run / "metrics.jsonl").write_text("\n".join(map(json.dumps, records)) + "\n{torn")
+    summary = {"test_acc": acc, "best_acc": acc + 0.005, "units_initial": 64,
+               "units_final": round(64 * units), "units_remaining": units, "params_initial": 10000,
+               "params_final": round(10000 * units ** 2), "params_remaining": units ** 2,
+               "fwd_flops_initial": 1e6, "fwd_flops_final": 1e6 * units ** 2,
+               "train_flops": 3e9 * (1 + units) / 2, "wall_s": wall, "eval_s": 2.0,
+               "prune_events": 0 if method == "dense" else 3, "method": method,
+               "optimizer": optimizer, "knob": knob, "seed": seed, "model": "vgg16_bn",
+               "dataset": "cifar10"}
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """A sweep folder: dense, DemP and SNAP under two optimizers, a second seed, a failed run."""
+    root = tmp_path / "sweep"
+    for opt, base in (("adamw", 0.80), ("sgd", 0.78)):
+        make_run(root, f"dense-{opt}-s0", method="dense", optimizer=opt, acc=base, wall=100.0)
+        for knob, units in ((1e-3, 0.9), (4e-3, 0.6), (1e-2, 0.3), (3e-2, 0.1)):
+            make_run(root, f"demp-{opt}-{knob:g}-s0", method="demp", optimizer=opt, knob=knob,
+                     units=units, acc=base - 0.2 * (1 - units), wall=100.0 * (0.5 + units / 2))
+        for target in (0.3, 0.5, 0.7):  # spans 30-70% removed: 80% is out of reach
+            make_run(root, f"snap-{opt}-{target:g}-s0", method="snap", optimizer=opt, knob=target,
+                     units=1 - target, acc=base - 0.3 * target, wall=100.0 * (1 - target / 2))
+    make_run(root, "dense-adamw-s1", method="dense", seed=1, acc=0.82, wall=120.0)
+    make_run(root, "demp-adamw-0.004-s1", method="demp", knob=4e-3, seed=1, units=0.5, acc=0.74,
+             wall=80.0)
+    (root / "demp-sgd-0.1-s0").mkdir()
+    (root / "demp-sgd-0.1-s0" / "error.txt").write_text("Traceback: boom")
+    return root
+
+
+def test_interpolate_inside_outside_and_at_ends():
+    xs, ys = [0.2, 0.5, 0.9], [10.0, 40.0, 80.0]
+    assert interpolate(xs, ys, 0.35) == pytest.approx(25.0)
+    assert interpolate(xs, ys, 0.7) == pytest.approx(60.0)
+    assert interpolate(list(reversed(xs)), list(reversed(ys)), 0.7) == pytest.approx(60.0)
+    assert interpolate(xs, ys, 0.2) == 10.0 and interpolate(xs, ys, 0.9) == 80.0
+    assert interpolate(xs, ys, 0.1) is None and interpolate(xs, ys, 0.95) is None
+    assert interpolate([0.5], [3.0], 0.5) == 3.0 and interpolate([0.5], [3.0], 0.4) is None
+    assert interpolate([0.2, 0.2, 0.6], [1.0, 3.0, 6.0], 0.4) == pytest.approx(4.0)  # ties average
+    assert interpolate([0.2, 0.6], [None, 6.0], 0.4) is None                          # missing y
+    assert interpolate([0.2, 0.6], [1.0, 5.0], 1 - 0.8) == pytest.approx(1.0)          # 0.19999...
+    assert interpolate([], [], 0.5) is None
+
+
+def test_matched_table_hand_made_curves():
+    rows = [
+        {"method": "dense", "optimizer": "adamw", "knob": None, "seed": 0, "test_acc": 0.9,
+         "units_remaining": 1.0, "params_remaining": 1.0, "train_flops": 100.0, "wall_s": 100.0},
+        # DemP, two seeds at knob 2 (mean units 0.4): curve (0.8, 0.85) (0.4, 0.75) (0.1, 0.6)
+        *[{"method": "demp", "optimizer": "adamw", "knob": k, "seed": s, "test_acc": a,
+           "units_remaining": u, "params_remaining": u ** 2, "train_flops": 100 * u, "wall_s": w}
+          for k, s, u, a, w in ((1, 0, 0.8, 0.85, 80.0), (2, 0, 0.35, 0.70, 50.0),
+                                (2, 1, 0.45, 0.80, 50.0), (3, 0, 0.1, 0.60, 25.0))],
+        # a baseline reaching only 30-60% removed
+        *[{"method": "snap", "optimizer": "adamw", "knob": t, "seed": 0, "test_acc": 0.9 - t / 2,
+           "units_remaining": 1 - t, "params_remaining": 1 - t, "train_flops": 90.0, "wall_s": 90.0}
+          for t in (0.3, 0.6)],
+    ]
+    table = {(e["units_removed"], e["method"]): e for e in matched_table(rows)}
+    assert set(table) == {(0.5, "demp"), (0.5, "snap"), (0.8, "demp"), (0.8, "snap")}
+    d50, d80 = table[0.5, "demp"], table[0.8, "demp"]
+    assert d50["test_acc"] == pytest.approx(0.75 + (0.85 - 0.75) * 0.1 / 0.4)   # between 0.4 and 0.8
+    assert d50["train_flops"] == pytest.approx(40 + 40 * 0.1 / 0.4)
+    assert d50["speedup"] == pytest.approx(2.0 + (1.25 - 2.0) * 0.1 / 0.4)     # 100/50, 100/80
+    assert d80["test_acc"] == pytest.approx(0.6 + 0.15 * 0.1 / 0.3)           # between 0.1 and 0.4
+    assert d80["params_remaining"] == pytest.approx(0.01 + (0.1625 - 0.01) * 0.1 / 0.3)
+    assert (d50["removed_min"], d50["removed_max"]) == pytest.approx((0.2, 0.9))
+    s50, s80 = table[0.5, "snap"], table[0.8, "snap"]
+    assert s50["test_acc"] == pytest.approx(0.65) and s50["speedup"] == pytest.approx(100 / 90)
+    assert all(s80[k] is None for k in ("test_acc", "params_remaining", "train_flops", "speedup"))
+
+
+def test_speedup_uses_dense_of_same_seed_else_mean(sweep: Path):
+    rows = [r.row() for r in load_runs([sweep])]
+    table = {(e["units_removed"], e["method"], e["optimizer"]): e for e in matched_table(rows)}
+    # adamw DemP at 50% removed: seed-0 (units 0.6, wall 80, dense 100) and the knob-4e-3 mean with
+    # seed 1 (units 0.5, wall 80, its own dense 120): mean units 0.55, speed-up (1.25 + 1.5) / 2
+    between = table[0.5, "demp", "adamw"]["speedup"]
+    assert between == pytest.approx(1.375 + (100 / 65 - 1.375) * 0.05 / 0.25)
+    assert table[0.8, "snap", "sgd"]["test_acc"] is None
+
+
+def test_report_writes_csv_plots_and_markdown(sweep: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    files = report([sweep], out, title="fabricated", plot_runs="demp-adamw-*")
+    with (out / "summary.csv").open() as f:
+        reader = csv.reader(f)
+        assert tuple(next(reader)) == COLUMNS
+        body = list(reader)
+    assert len(body) == 2 * (1 + 4 + 3) + 2          # the failed run has no summary: left out
+    rows = read_csv(out / "summary.csv")
+    assert [r["method"] for r in rows][:2] == ["dense", "dense"]
+    assert rows == sorted(rows, key=row_key)
+    assert rows[0]["knob"] is None and isinstance(rows[0]["seed"], int)
+    for name in ("acc_vs_units.png", "acc_vs_params.png", "acc_vs_train_flops.png",
+                 "run_plots/demp-adamw-0.001-s0_curves.png", "run_plots/demp-adamw-0.001-s0_live_units.png"):
+        assert (out / name).stat().st_size > 10_000, name
+    assert not (out / "run_plots" / "snap-adamw-0.3-s0_curves.png").exists()
+    text = files["report.md"].read_text()
+    assert "## At matched units removed" in text and "n/a" in text
+    assert "| demp-adamw-0.004-s1 |" in text and "](acc_vs_units.png)" in text
+    assert "| demp-sgd-0.1-s0 | Traceback: boom |" in text
+
+
+def test_report_main_benchmark_dir_and_errors(sweep: Path, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    parser = argparse.ArgumentParser()
+    add_report_args(parser)
+    assert report_main(parser.parse_args([str(sweep), "--benchmark", "fab", "--plot-runs", ""])) == 0
+    assert (tmp_path / "results" / "fab" / "summary.csv").is_file()
+    assert not (tmp_path / "results" / "fab" / "run_plots").exists()
+    assert "18 runs" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DempError, match="no finished run"):
+        report_main(parser.parse_args([str(tmp_path / "empty")]))
+    with pytest.raises(DempError, match="not a folder"):
+        report_main(parser.parse_args([str(tmp_path / "missing")]))
+
+
+def test_same_run_name_in_two_sweeps_kept_apart(tmp_path: Path):
+    for sweep in ("a", "b"):
+        make_run(tmp_path / sweep, "dense-adamw-s0", method="dense")
+    names = sorted(r.name for r in load_runs([tmp_path / "a", tmp_path / "b"]))
+    assert names == ["a-dense-adamw-s0", "b-dense-adamw-s0"]
