@@ -20,7 +20,7 @@ SUMMARY_KEYS = {"test_acc", "best_acc", "units_initial", "units_final", "units_r
                 "params_initial", "params_final", "params_remaining", "fwd_flops_initial",
                 "fwd_flops_final", "train_flops", "wall_s", "eval_s", "prune_events", "method",
                 "optimizer", "knob", "seed", "model", "dataset"}
-STEP_KEYS = {"step", "epoch", "loss", "lr", "lam", "sigma", "units", "params", "fwd_flops"}
+STEP_KEYS = {"step", "epoch", "loss", "lr", "lam", "sigma", "units", "params", "fwd_flops", "wall_s"}
 EPOCH_KEYS = {"epoch", "test_acc", "test_loss", "train_loss", "units", "params", "live_units", "wall_s"}
 
 

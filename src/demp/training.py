@@ -493,8 +493,8 @@ def train(cfg: Config, out_dir: str | None = None, resume: bool = False, progres
                     metrics.write({"step": state.step, "epoch": state.epoch,
                                    "loss": state.window_loss / state.window_batches, "lr": lr,
                                    "lam": pruner.lam if pruner else None, "sigma": pruner.sigma if pruner else None,
-                                   "units": arch.units, "params": arch.params, "fwd_flops": arch.fwd_flops},
-                                  state.step)
+                                   "units": arch.units, "params": arch.params, "fwd_flops": arch.fwd_flops,
+                                   "wall_s": state.wall_s}, state.step)
                     state.window_loss, state.window_batches = 0.0, 0
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_value:.3f}", units=arch.units, refresh=False)
