@@ -33,7 +33,7 @@ def architecture(model: nn.Module) -> dict[str, Any]:
     if spec is None:
         raise DempError(f"{type(model).__name__} has no demp_spec (it was not built with "
                         "demp.models.create_model), so it cannot be rebuilt from its spec")
-    modules = {name: _width_attrs(m) for name, m in model.named_modules() if _width_attrs(m)}
+    modules = {name: attrs for name, m in model.named_modules() if (attrs := _width_attrs(m))}
     return {"spec": dict(spec), "modules": modules}
 
 
