@@ -101,14 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write ONNX (default path: RUN_DIR/model.onnx; needs onnx)")
     p.set_defaults(func=cmd_export)
 
+    from .reporting import add_report_args
+    from .sweep import add_sweep_args
     p = sub.add_parser("report", help="tables and plots from run folders")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", metavar="DIR", help="where to write the report")
+    add_report_args(p)
     p.set_defaults(func=delegate("reporting", "report_main"))
 
-    p = sub.add_parser("sweep", help="run a sweep of configs")
-    p.add_argument("sweep", metavar="SWEEP.yaml")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="runs in parallel")
+    p = sub.add_parser("sweep", help="run a grid of training runs (resumable), then report")
+    add_sweep_args(p)
     p.set_defaults(func=delegate("sweep", "sweep_main"))
     return parser
 
