@@ -85,3 +85,11 @@ def test_help_lists_the_subcommands():
     assert result.returncode == 0
     for command in ("train", "export", "report", "sweep"):
         assert command in result.stdout
+
+
+def test_subcommand_without_its_module_still_parses():
+    import argparse
+    from demp.cli import declare_args
+    parser = argparse.ArgumentParser()
+    declare_args(parser, "no_such", "add_args")
+    assert parser.parse_args(["a", "--b"]).args == ["a", "--b"]

@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Optional, Sequence
 
 from .errors import DempError
@@ -64,16 +65,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optional_module(module: str) -> Optional[ModuleType]:
+    """``demp.<module>``, or None when this installation lacks it."""
+    try:
+        return importlib.import_module(f"demp.{module}")
+    except ModuleNotFoundError as e:
+        if e.name != f"demp.{module}":
+            raise
+        return None
+
+
+def declare_args(parser: argparse.ArgumentParser, module: str, function: str) -> None:
+    """Let ``demp.<module>.<function>(parser)`` declare a subcommand's arguments, if the module exists."""
+    mod = _optional_module(module)
+    if mod is None:
+        parser.add_argument("args", nargs=argparse.REMAINDER)
+    else:
+        getattr(mod, function)(parser)
+
+
 def delegate(module: str, function: str) -> Callable[[argparse.Namespace], int]:
-    """A subcommand run by ``demp.<module>.<function>(args)``, imported only when used."""
+    """A subcommand run by ``demp.<module>.<function>(args)``; a clear error when the module is missing."""
     def run(args: argparse.Namespace) -> int:
-        try:
-            mod = importlib.import_module(f"demp.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"demp.{module}":
-                raise
+        mod = _optional_module(module)
+        if mod is None:
             raise DempError(f"'demp {args.command}' is not available: this installation has no "
-                            f"demp.{module} module") from None
+                            f"demp.{module} module")
         return getattr(mod, function)(args) or 0
     return run
 
@@ -101,14 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write ONNX (default path: RUN_DIR/model.onnx; needs onnx)")
     p.set_defaults(func=cmd_export)
 
-    from .reporting import add_report_args
-    from .sweep import add_sweep_args
     p = sub.add_parser("report", help="tables and plots from run folders")
-    add_report_args(p)
+    declare_args(p, "reporting", "add_report_args")
     p.set_defaults(func=delegate("reporting", "report_main"))
 
     p = sub.add_parser("sweep", help="run a grid of training runs (resumable), then report")
-    add_sweep_args(p)
+    declare_args(p, "sweep", "add_sweep_args")
     p.set_defaults(func=delegate("sweep", "sweep_main"))
     return parser
 
