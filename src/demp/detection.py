@@ -9,6 +9,7 @@ dead when it is dead on every probe batch.
 """
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections import Counter
 from contextlib import contextmanager
@@ -150,7 +151,7 @@ class SiteTracer(TorchFunctionMode):
 
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter or buffer (CPU for an empty model)."""
-    for t in list(model.parameters()) + list(model.buffers()):
+    for t in itertools.chain(model.parameters(), model.buffers()):
         return t.device
     return torch.device("cpu")
 
