@@ -14,7 +14,7 @@ import time
 import torch
 import torch.nn as nn
 
-from demp.data import Augment, BatchLoader, load_dataset
+from demp.app.data import Augment, BatchLoader, load_dataset
 
 
 def small_cnn(in_channels: int, num_classes: int) -> nn.Module:

@@ -24,8 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import demp
-from demp.models import create_model
-from demp.models.vgg import VGG
+from demp.app.models import create_model
+from demp.app.models.vgg import VGG
 
 
 def step_fn(model: nn.Module, opt: torch.optim.Optimizer, x, y, pruner=None) -> None:

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import demp
-from demp.skip import ChannelSelect
+from demp.core.skip import ChannelSelect
 
 
 def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> list[nn.Module]:

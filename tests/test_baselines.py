@@ -11,8 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import demp
-from demp import DempError, baselines as B
-from demp.methods import METHODS, MethodConfig, MethodContext, create_method
+from demp import DempError
+from demp.app.methods import baselines as B
+from demp.app.methods import METHODS, MethodConfig, MethodContext, create_method
 from archs import MLP, MobileNet, ResNet, Transformer, VGG, example, randomise_norms
 
 BATCH = 16

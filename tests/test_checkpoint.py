@@ -14,10 +14,10 @@ import yaml
 
 import demp
 from demp import DempError
-from demp.checkpoint import (atomic_write_bytes, atomic_write_json, load_checkpoint, remove_stale_temps,
+from demp.app.checkpoint import (atomic_write_bytes, atomic_write_json, load_checkpoint, remove_stale_temps,
                              rng_state, set_rng_state)
-from demp.config import config_to_dict
-from demp.training import train
+from demp.app.config import config_to_dict
+from demp.app.training import train
 from test_training import read_metrics, tiny
 
 KILL_RUN = ("train.epochs=6", "train.checkpoint_every=5", "method.prune_every=3")
@@ -39,7 +39,7 @@ def test_atomic_write_keeps_the_old_file_when_the_write_fails(tmp_path, monkeypa
 def test_a_killed_writer_leaves_the_old_file_and_a_removable_temp(tmp_path):
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(b"old")
-    code = ("import os, sys, time\nfrom demp import checkpoint\n"
+    code = ("import os, sys, time\nfrom demp.app import checkpoint\n"
             "def stuck(fd):\n    print('writing', flush=True); time.sleep(60)\n"
             "checkpoint.os.fsync = stuck\n"
             f"checkpoint.atomic_write_bytes({str(path)!r}, b'x' * 10_000_000)\n")

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from demp import DempError
-from demp.config import Config, config_diff, config_from_dict, config_to_dict, load_config
-from demp.methods import MethodConfig
+from demp.app.config import Config, config_diff, config_from_dict, config_to_dict, load_config
+from demp.app.methods import MethodConfig
 
 CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml")
                  if not p.name.startswith("sweep"))  # sweep files are not run configs

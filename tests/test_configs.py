@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from demp.config import load_config
-from demp.sweep import load_sweep, plan_runs
-from demp.training import train
+from demp.app.config import load_config
+from demp.experiments.sweep import load_sweep, plan_runs
+from demp.app.training import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FILES = sorted(CONFIGS.rglob("*.yaml"))

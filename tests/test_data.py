@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
-from demp import data
-from demp.data import (DATASETS, Augment, BatchLoader, DataError, ImageFolderDataset, Splits,
+from demp.app import data
+from demp.app.data import (DATASETS, Augment, BatchLoader, DataError, ImageFolderDataset, Splits,
                        crop_flip, download, load_dataset, normalize, probe_batches)
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import demp
 from demp import DempError
-from demp.detection import scan_units
+from demp.core.detection import scan_units
 
 
 class Mixed(nn.Module):

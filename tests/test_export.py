@@ -5,9 +5,9 @@ import torch.nn as nn
 
 import demp
 from demp import DempError
-from demp.export import example_input, export_onnx, load_pruned, save_pruned
-from demp.models import create_model
-from demp.skip import ChannelSelect
+from demp.app.export import example_input, export_onnx, load_pruned, save_pruned
+from demp.app.models import create_model
+from demp.core.skip import ChannelSelect
 
 
 def pruned(name: str, width: float, seed: int = 0) -> nn.Module:

@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from demp.models import create_model, list_models, register_model
-from demp.models.resnet import BasicBlock, Bottleneck
-from demp.skip import ChannelSelect
+from demp.app.models import create_model, list_models, register_model
+from demp.app.models.resnet import BasicBlock, Bottleneck
+from demp.core.skip import ChannelSelect
 
 ALL_MODELS = [
     "densenet_tiny",

@@ -4,8 +4,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from demp import DempError, regulariser
-from demp.noise import NoiseInjector
+from demp import DempError
+
+from demp.core import regulariser
+from demp.core.noise import NoiseInjector
 
 
 def _net_with_dead_unit():

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from demp.regulariser import (
+from demp.core.regulariser import (
     REG_FORMS,
     REG_TARGETS,
     norm_scale_params,

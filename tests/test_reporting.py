@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from demp.errors import DempError
-from demp.reporting import (COLUMNS, add_report_args, interpolate, load_runs, matched_table,
+from demp.experiments.reporting import (COLUMNS, add_report_args, interpolate, load_runs, matched_table,
                             read_csv, report, report_main, row_key)
 
 SITES = ("features.0", "features.3", "features.7", "classifier.1")

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from demp.schedules import SCHEDULES, Schedule, make_schedule
+from demp.core.schedules import SCHEDULES, Schedule, make_schedule
 
 
 def test_one_cycle_key_points() -> None:

@@ -134,7 +134,7 @@ def test_grouped_conv_and_groupnorm_constraints():
 
 def dead_in_train_mode(model, x):
     """Dead masks under batch statistics (buffers restored afterwards)."""
-    from demp.detection import SiteTracer
+    from demp.core.detection import SiteTracer
     buffers = copy.deepcopy(model.state_dict())
     sums = []
     tracer = SiteTracer(model, lambda c, out: sums.append(

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from demp.errors import DempError
-from demp.reporting import COLUMNS
-from demp.sweep import load_sweep, plan_runs, run_config, run_name, run_sweep
+from demp.experiments.reporting import COLUMNS
+from demp.experiments.sweep import load_sweep, plan_runs, run_config, run_name, run_sweep
 
 TINY = {"data.name": "synthetic", "model.name": "small_cnn", "model.width": 0.125, "train.epochs": 1,
         "train.max_steps": 3, "train.batch_size": 64, "train.log_every": 1, "method.prune_every": 2,

@@ -7,9 +7,9 @@ import torch
 
 import demp
 from demp import DempError
-from demp import training
-from demp.config import available_methods, load_config
-from demp.training import format_summary, lr_factor, train
+from demp.app import training
+from demp.app.config import available_methods, load_config
+from demp.app.training import format_summary, lr_factor, train
 
 TINY = ["data.name=synthetic", "model.width=0.25", "train.batch_size=64", "train.epochs=2",
         "train.log_every=2", "method.prune_every=4", "method.reg_peak=0.05", "method.probe_size=256",

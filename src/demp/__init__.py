@@ -9,12 +9,12 @@ import os
 # (measured: 150 dense steps 67.6 s spinning vs 19.7 s passive); only effective before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .detection import Site, UnitScan, find_dead_units, list_sites, scan_units
-from .errors import DempError
-from .export import load_pruned
-from .pruner import DemonPruner, DemPConfig, RemovalEvent
-from .skip import ChannelSelect
-from .surgery import RemovalReport, SiteRemoval, count_params, remove_units
+from demp.core.detection import Site, UnitScan, find_dead_units, list_sites, scan_units
+from demp.errors import DempError
+from demp.app.export import load_pruned
+from demp.core.pruner import DemonPruner, DemPConfig, RemovalEvent
+from demp.core.skip import ChannelSelect
+from demp.core.surgery import RemovalReport, SiteRemoval, count_params, remove_units
 
 __version__ = "0.1.0"
 __all__ = ["ChannelSelect", "DempError", "DemonPruner", "DemPConfig", "RemovalEvent",

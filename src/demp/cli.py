@@ -13,7 +13,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Optional, Sequence
 
-from .errors import DempError
+from demp.errors import DempError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -21,8 +21,8 @@ EXIT_INTERRUPTED = 130
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) a run and print its summary table."""
-    from .config import load_config
-    from .training import CONFIG_NAME, default_run_dir, format_summary, train
+    from demp.app.config import load_config
+    from demp.app.training import CONFIG_NAME, default_run_dir, format_summary, train
     if args.resume:
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise DempError(f"--out {args.out} and --resume {args.resume} name different folders; "
@@ -49,9 +49,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Describe a run's exported model; with --onnx, write it as ONNX."""
-    from .export import example_input, export_onnx, load_pruned
-    from .surgery import count_params
-    from .training import MODEL_NAME
+    from demp.app.export import example_input, export_onnx, load_pruned
+    from demp.core.surgery import count_params
+    from demp.app.training import MODEL_NAME
     path = Path(args.run_dir) / MODEL_NAME
     if not path.is_file():
         raise DempError(f"no {MODEL_NAME} in {args.run_dir}: the run has not finished "
@@ -68,9 +68,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _optional_module(module: str) -> Optional[ModuleType]:
     """``demp.<module>``, or None when this installation lacks it."""
     try:
-        return importlib.import_module(f"demp.{module}")
+        return importlib.import_module(f"demp.experiments.{module}")
     except ModuleNotFoundError as e:
-        if e.name != f"demp.{module}":
+        if e.name != f"demp.experiments.{module}":
             raise
         return None
 
@@ -140,7 +140,7 @@ def _setup_logging(quiet: bool) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``demp`` console script; returns the exit status."""
-    from .data import DataError
+    from demp.app.data import DataError
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
     try:

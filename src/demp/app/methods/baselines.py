@@ -61,11 +61,11 @@ import torch
 import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from . import regulariser
-from .detection import SiteTracer, call_model, list_sites, model_device
-from .errors import DempError
-from .methods import Method, MethodConfig, MethodContext, register_method
-from .surgery import RemovalReport, SiteRemoval, build_graph, remove_units
+from demp.core import regulariser
+from demp.core.detection import SiteTracer, call_model, list_sites, model_device
+from demp.errors import DempError
+from demp.app.methods.base import Method, MethodConfig, MethodContext, register_method
+from demp.core.surgery import RemovalReport, SiteRemoval, build_graph, remove_units
 
 Scores = dict[str, torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]

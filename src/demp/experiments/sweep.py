@@ -58,8 +58,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
-from .config import OPTIMIZERS, Config, available_methods, config_from_dict, config_to_dict, load_config
-from .errors import DempError
+from demp.app.config import OPTIMIZERS, Config, available_methods, config_from_dict, config_to_dict, load_config
+from demp.errors import DempError
 
 TOP_KEYS = ("name", "out", "base", "set", "optims", "grid", "seeds", "extra_seeds")
 ENTRY_KEYS = ("method", "optim", "knob", "reg_peak", "target", "set")
@@ -353,7 +353,7 @@ def run_state(run_dir: Path) -> str:
 
 def execute_run(cfg_dict: dict, run_dir: str, threads: Optional[int] = None) -> None:
     """Train one run into ``run_dir`` (resuming its checkpoint); a failure goes to error.txt."""
-    from .training import train
+    from demp.app.training import train
     if threads:
         import torch
         torch.set_num_threads(threads)
@@ -468,7 +468,7 @@ def run_sweep(path: str | Path, out: Optional[str] = None, workers: int = 1, dry
         f"{sum(o.status == 'skipped' for o in outcomes)} skipped, {len(failed)} failed"
         + (f" ({', '.join(failed)})" if failed else ""))
     if any(run_state(sweep_dir / o.name) == "done" for o in outcomes):
-        from .reporting import report
+        from demp.experiments.reporting import report
         files = report([sweep_dir], sweep_dir, title=f"sweep {sweep.name}")
         log(f"report: {files['summary.csv']}, {files['report.md']}")
     return outcomes

@@ -14,9 +14,9 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.nn as nn
 
-from .errors import DempError
-from .pruner import DemonPruner
-from .surgery import RemovalReport
+from demp.errors import DempError
+from demp.core.pruner import DemonPruner
+from demp.core.surgery import RemovalReport
 
 
 @dataclass
@@ -146,7 +146,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def create_method(config: MethodConfig) -> Method:
     """The method named by ``config.name``; unknown names list the valid ones."""
-    from . import baselines  # noqa: F401  (registers the baseline methods)
+    from demp.app.methods import baselines  # noqa: F401  (registers the baseline methods)
     if config.name not in METHODS:
         raise DempError(f"unknown method '{config.name}'; valid methods: {', '.join(sorted(METHODS))}")
     return METHODS[config.name](config)

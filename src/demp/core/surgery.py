@@ -22,9 +22,9 @@ import torch_pruning as tp
 from torch_pruning import ops as tp_ops
 from torch_pruning.pruner import function as tp_fn
 
-from .detection import SiteTracer, call_model, check_device, eval_mode
-from .errors import DempError
-from .skip import ChannelSelect, ChannelSelectPruner
+from demp.core.detection import SiteTracer, call_model, check_device, eval_mode
+from demp.errors import DempError
+from demp.core.skip import ChannelSelect, ChannelSelectPruner
 
 Slicer = Callable[[torch.Tensor], torch.Tensor]
 

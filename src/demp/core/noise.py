@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .errors import DempError
+from demp.errors import DempError
 
 NOISE_MODES = ("live", "all", "dead")
 

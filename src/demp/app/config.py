@@ -16,10 +16,10 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from .errors import DempError
-from .methods import METHODS, MethodConfig
-from .pruner import DemPConfig
-from .schedules import SCHEDULES
+from demp.errors import DempError
+from demp.app.methods import METHODS, MethodConfig
+from demp.core.pruner import DemPConfig
+from demp.core.schedules import SCHEDULES
 
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("step", "one_cycle", "cosine", "warmup_step", "constant")
@@ -105,17 +105,17 @@ class Config:
 
 def available_methods() -> list[str]:
     """Registered training methods (dense, demp and the baselines)."""
-    from . import baselines  # noqa: F401  (registers the baseline methods)
+    from demp.app.methods import baselines  # noqa: F401  (registers the baseline methods)
     return sorted(METHODS)
 
 
 def _data_names() -> tuple[str, ...]:
-    from .data import DATASETS
+    from demp.app.data import DATASETS
     return (*DATASETS, "imagefolder")
 
 
 def _check_names(cfg: Config) -> None:
-    from .models import list_models
+    from demp.app.models import list_models
     choices = [("data.name", cfg.data.name, _data_names()),
                ("model.name", cfg.model.name, list_models()),
                ("optim.name", cfg.optim.name, OPTIMIZERS),

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DempError
+from demp.errors import DempError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "demp.checkpoint/1"

@@ -29,18 +29,18 @@ import yaml
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import data as demp_data
-from .checkpoint import (CHECKPOINT_NAME, atomic_write_json, atomic_write_text, load_checkpoint,
+from demp.app import data as demp_data
+from demp.app.checkpoint import (CHECKPOINT_NAME, atomic_write_json, atomic_write_text, load_checkpoint,
                          remove_stale_temps, save_checkpoint, set_rng_state)
-from .config import Config, config_diff, config_from_dict, config_to_dict, flat_config
-from .detection import eval_mode, list_sites, scan_units
-from .errors import DempError
-from .export import architecture, build_pruned, save_pruned
-from .flops import forward_flops, train_step_flops
-from .methods import Method, MethodContext, create_method
-from .models import create_model
-from .schedules import make_schedule
-from .surgery import RemovalReport, count_params
+from demp.app.config import Config, config_diff, config_from_dict, config_to_dict, flat_config
+from demp.core.detection import eval_mode, list_sites, scan_units
+from demp.errors import DempError
+from demp.app.export import architecture, build_pruned, save_pruned
+from demp.core.flops import forward_flops, train_step_flops
+from demp.app.methods import Method, MethodContext, create_method
+from demp.app.models import create_model
+from demp.core.schedules import make_schedule
+from demp.core.surgery import RemovalReport, count_params
 
 log = logging.getLogger("demp")
 

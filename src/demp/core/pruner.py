@@ -16,12 +16,12 @@ from typing import Any, Iterable, Optional
 import torch
 import torch.nn as nn
 
-from . import regulariser
-from .detection import UnitScan, list_sites, model_device, scan_units
-from .errors import DempError
-from .noise import NOISE_MODES, NoiseInjector
-from .schedules import Schedule, make_schedule
-from .surgery import RemovalReport, count_params, remove_units
+from demp.core import regulariser
+from demp.core.detection import UnitScan, list_sites, model_device, scan_units
+from demp.errors import DempError
+from demp.core.noise import NOISE_MODES, NoiseInjector
+from demp.core.schedules import Schedule, make_schedule
+from demp.core.surgery import RemovalReport, count_params, remove_units
 
 
 @dataclass

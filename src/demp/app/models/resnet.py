@@ -12,7 +12,7 @@ from typing import Literal, Sequence
 import torch
 import torch.nn as nn
 
-from ..skip import ChannelSelect
+from demp.core.skip import ChannelSelect
 from .layers import init_weights, scaled
 from .registry import register_model
 

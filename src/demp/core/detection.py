@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .errors import DempError
+from demp.errors import DempError
 
 RELU_FUNCS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu,
                         torch.Tensor.relu_, F.relu6})

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .checkpoint import atomic_write_bytes
-from .detection import eval_mode
-from .errors import DempError
+from demp.app.checkpoint import atomic_write_bytes
+from demp.core.detection import eval_mode
+from demp.errors import DempError
 
 FORMAT = "demp.pruned/1"
 SHAPE_ATTRS = ("in_channels", "out_channels", "in_features", "out_features", "num_features",
@@ -45,7 +45,7 @@ def _width_attrs(module: nn.Module) -> dict[str, int | tuple]:
 
 def build_pruned(arch: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> nn.Module:
     """Rebuild a model from ``architecture()`` output and load ``state_dict`` strictly."""
-    from .models import create_model
+    from demp.app.models import create_model
     spec = dict(arch["spec"])
     try:
         model = create_model(**spec)

@@ -27,7 +27,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Iterable, Optional, Sequence
 
-from .errors import DempError
+from demp.errors import DempError
 
 COLUMNS = ("method", "optimizer", "knob", "seed", "test_acc", "best_acc", "units_remaining",
            "params_remaining", "fwd_flops_final", "train_flops", "wall_s")
