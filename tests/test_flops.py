@@ -2,7 +2,8 @@
 import torch
 import torch.nn as nn
 
-from demp.core.flops import count_params, forward_flops, train_step_flops
+from demp.core.flops import forward_flops, train_step_flops
+from demp.core.utils import count_params
 
 
 def _conv_flops(cin: int, cout: int, k: int, hout: int, wout: int, groups: int = 1) -> int:

@@ -14,7 +14,8 @@ from demp.errors import DempError
 from demp.app.export import load_pruned
 from demp.core.pruner import DemonPruner, DemPConfig, RemovalEvent
 from demp.core.skip import ChannelSelect
-from demp.core.surgery import RemovalReport, SiteRemoval, count_params, remove_units
+from demp.core.surgery import RemovalReport, SiteRemoval, remove_units
+from demp.core.utils import count_params
 
 __version__ = "0.1.0"
 __all__ = ["ChannelSelect", "DempError", "DemonPruner", "DemPConfig", "RemovalEvent",

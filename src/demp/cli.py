@@ -50,7 +50,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     """Describe a run's exported model; with --onnx, write it as ONNX."""
     from demp.app.export import example_input, export_onnx, load_pruned
-    from demp.core.surgery import count_params
+    from demp.core.utils import count_params
     from demp.app.training import MODEL_NAME
     path = Path(args.run_dir) / MODEL_NAME
     if not path.is_file():

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from demp.app.checkpoint import atomic_write_bytes
-from demp.core.detection import eval_mode
+from demp.core.utils import eval_mode
 from demp.errors import DempError
 
 FORMAT = "demp.pruned/1"

@@ -33,14 +33,15 @@ from demp.app import data as demp_data
 from demp.app.checkpoint import (CHECKPOINT_NAME, atomic_write_json, atomic_write_text, load_checkpoint,
                          remove_stale_temps, save_checkpoint, set_rng_state)
 from demp.app.config import Config, config_diff, config_from_dict, config_to_dict, flat_config
-from demp.core.detection import eval_mode, list_sites, scan_units
+from demp.core.detection import list_sites, scan_units
+from demp.core.utils import count_params, eval_mode
 from demp.errors import DempError
 from demp.app.export import architecture, build_pruned, save_pruned
 from demp.core.flops import forward_flops, train_step_flops
 from demp.app.methods import Method, MethodContext, create_method
 from demp.app.models import create_model
 from demp.core.schedules import make_schedule
-from demp.core.surgery import RemovalReport, count_params
+from demp.core.surgery import RemovalReport
 
 log = logging.getLogger("demp")
 

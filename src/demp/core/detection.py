@@ -9,18 +9,17 @@ dead when it is dead on every probe batch.
 """
 from __future__ import annotations
 
-import itertools
 import warnings
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from demp.core.utils import eval_mode, model_device
 from demp.errors import DempError
 
 RELU_FUNCS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu,
@@ -149,12 +148,6 @@ class SiteTracer(TorchFunctionMode):
         return out
 
 
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter or buffer (CPU for an empty model)."""
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
 
 def batch_input(batch: Any) -> Any:
     """The input of a probe batch: the batch itself, or the first item of a tuple/list."""
@@ -179,17 +172,6 @@ def call_model(model: nn.Module, x: Any) -> Any:
     """Run the model on an input tensor or a tuple of positional inputs."""
     return model(*x) if isinstance(x, tuple) else model(x)
 
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode and restore each one's own mode afterwards."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 def _unit_sums(out: torch.Tensor, channel_dim: int) -> torch.Tensor:

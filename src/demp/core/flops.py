@@ -7,12 +7,13 @@ normalisation, activations, pooling and other elementwise work add nothing, so a
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from demp.core.utils import eval_mode, kept_buffers, kept_modes
 
 
 def _counted(run: Callable[[], object]) -> int:
@@ -22,34 +23,10 @@ def _counted(run: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-@contextmanager
-def _modes_kept(model: nn.Module) -> Iterator[None]:
-    """Restore every submodule's own train/eval flag on exit (mixed modes survive)."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
-@contextmanager
-def _state_kept(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Restore buffers (BatchNorm running stats) and the RNG that a train-mode pass consumes."""
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for b, value in saved:
-                    b.copy_(value)
-
 
 def forward_flops(model: nn.Module, example: torch.Tensor) -> int:
     """Inference FLOPs for one example (``example[:1]``), in eval mode without autograd."""
-    with _modes_kept(model), torch.no_grad():
-        model.eval()
+    with eval_mode(model), torch.no_grad():
         return _counted(lambda: model(example[:1]))
 
 
@@ -69,11 +46,7 @@ def train_step_flops(model: nn.Module, example: torch.Tensor) -> int:
         if out.requires_grad:
             torch.autograd.grad(out, params, torch.ones_like(out), allow_unused=True)
 
-    with _modes_kept(model), _state_kept(model, example.device):
+    with kept_modes(model), kept_buffers(model, rng=True):
         model.train()
         return _counted(step) // len(batch)
 
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameter entries, trainable or frozen, shared parameters counted once."""
-    return sum(p.numel() for p in model.parameters())

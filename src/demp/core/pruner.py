@@ -17,11 +17,12 @@ import torch
 import torch.nn as nn
 
 from demp.core import regulariser
-from demp.core.detection import UnitScan, list_sites, model_device, scan_units
+from demp.core.detection import UnitScan, list_sites, scan_units
 from demp.errors import DempError
 from demp.core.noise import NOISE_MODES, NoiseInjector
 from demp.core.schedules import Schedule, make_schedule
-from demp.core.surgery import RemovalReport, count_params, remove_units
+from demp.core.surgery import RemovalReport, remove_units
+from demp.core.utils import count_params, model_device
 
 
 @dataclass

@@ -22,7 +22,8 @@ import torch_pruning as tp
 from torch_pruning import ops as tp_ops
 from torch_pruning.pruner import function as tp_fn
 
-from demp.core.detection import SiteTracer, call_model, check_device, eval_mode
+from demp.core.detection import SiteTracer, call_model, check_device
+from demp.core.utils import count_params, eval_mode
 from demp.errors import DempError
 from demp.core.skip import ChannelSelect, ChannelSelectPruner
 
@@ -69,10 +70,6 @@ class RemovalReport:
     def widths(self) -> dict[str, int]:
         return {name: s.width_after for name, s in self.sites.items()}
 
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameter entries in the model."""
-    return sum(p.numel() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------- recording

@@ -62,7 +62,8 @@ import torch.nn as nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from demp.core import regulariser
-from demp.core.detection import SiteTracer, call_model, list_sites, model_device
+from demp.core.detection import SiteTracer, call_model, list_sites
+from demp.core.utils import kept_buffers, kept_modes, model_device
 from demp.errors import DempError
 from demp.app.methods.base import Method, MethodConfig, MethodContext, register_method
 from demp.core.surgery import RemovalReport, SiteRemoval, build_graph, remove_units
@@ -77,20 +78,12 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @contextmanager
 def scoring_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Train mode with dropout off, modes and buffers restored: scoring leaves no trace."""
-    modes = {m: m.training for m in model.modules()}
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.dropout._DropoutNd):
-            m.eval()
-    try:
+    with kept_modes(model), kept_buffers(model):
+        model.train()
+        for m in model.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.eval()
         yield model
-    finally:
-        with torch.no_grad():
-            for b, value in saved:
-                b.copy_(value)
-        for m, training in modes.items():
-            m.training = training
 
 
 def _batches(model: nn.Module, batches: Iterable[Batch]) -> list[Batch]:
