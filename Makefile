@@ -7,6 +7,10 @@ STAMP := $(VENV)/.demp-installed
 
 .PHONY: demo test setup data clean
 
+# Where the library finds CIFAR-10 when data.root is not set (the library itself knows no path).
+DEMP_DATA ?= $(abspath ../shared/data/cifar10-jpeg.zip)
+export DEMP_DATA
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

@@ -1,6 +1,7 @@
 """Baselines: gate scores against hand-computed values, selection and timing rules, and every
 method end to end (real removal, optimizer kept exact, training continues, resume)."""
 import copy
+from dataclasses import dataclass
 import io
 import math
 import warnings
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 
 import demp
 from demp import DempError
-from demp.app.methods import baselines as B
+from demp.app.methods import scores as S
+from demp.app.methods import selection as P
 from demp.app.methods import METHODS, MethodConfig, MethodContext, create_method
 from archs import MLP, MobileNet, ResNet, Transformer, VGG, example, randomise_norms
 
@@ -63,7 +65,7 @@ def test_gate_gradient_is_weight_times_weight_gradient(make, layers):
     model = make().double()
     x, y = labelled("mlp" if make is MLP else "vgg", 12)
     x = x.double()
-    g = B.gate_gradient(model, [(x[:6], y[:6]), (x[6:], y[6:])], F.cross_entropy)
+    g = S.gate_gradient(model, [(x[:6], y[:6]), (x[6:], y[6:])], F.cross_entropy)
     assert all(p.grad is None for p in model.parameters())  # scoring leaves .grad alone
     (F.cross_entropy(model(x[:6]), y[:6]) + F.cross_entropy(model(x[6:]), y[6:])).backward()
     for site, layer in layers.items():
@@ -81,7 +83,7 @@ def test_gate_gradient_after_batchnorm_is_gamma_beta_and_scoring_is_pure():
     x, y = labelled("vgg", 16)
     x = x.double()
     buffers = copy.deepcopy(dict(model.named_buffers()))
-    g = B.gate_gradient(model, [(x, y)], F.cross_entropy)
+    g = S.gate_gradient(model, [(x, y)], F.cross_entropy)
     assert not model.training  # mode restored
     for n, b in model.named_buffers():  # running statistics untouched
         assert torch.equal(b, buffers[n]), n
@@ -90,7 +92,7 @@ def test_gate_gradient_after_batchnorm_is_gamma_beta_and_scoring_is_pure():
     for site, bn in {"features.2": model.features[1], "features.6": model.features[5], "fc.2": model.fc[1]}.items():
         expect = bn.weight * bn.weight.grad + bn.bias * bn.bias.grad
         torch.testing.assert_close(g[site], expect, rtol=1e-9, atol=1e-13)
-    assert torch.equal(B.gate_saliency(model, [(x, y)], F.cross_entropy)["fc.2"], g["fc.2"].abs())
+    assert torch.equal(S.gate_saliency(model, [(x, y)], F.cross_entropy)["fc.2"], g["fc.2"].abs())
 
 
 def test_hessian_gradient_matches_central_differences():
@@ -99,17 +101,17 @@ def test_hessian_gradient_matches_central_differences():
     randomise_norms(model)
     x, y = labelled("resnet", 12)
     batches = [(x[:6].double(), y[:6]), (x[6:].double(), y[6:])]
-    g = B.gate_gradient(model, batches, F.cross_entropy)
-    hg = B.gate_hessian_gradient(model, batches, F.cross_entropy)
+    g = S.gate_gradient(model, batches, F.cross_entropy)
+    hg = S.gate_hessian_gradient(model, batches, F.cross_entropy)
     eps = 1e-4
-    plus = B.gate_gradient(model, batches, F.cross_entropy, {n: 1 + eps * v for n, v in g.items()})
-    minus = B.gate_gradient(model, batches, F.cross_entropy, {n: 1 - eps * v for n, v in g.items()})
+    plus = S.gate_gradient(model, batches, F.cross_entropy, {n: 1 + eps * v for n, v in g.items()})
+    minus = S.gate_gradient(model, batches, F.cross_entropy, {n: 1 - eps * v for n, v in g.items()})
     scale = max(float(h.abs().max()) for h in hg.values())
     for n in hg:
         fd = (plus[n] - minus[n]) / (2 * eps)
         assert float((fd - hg[n]).abs().max()) <= 1e-6 * scale, n
     assert scale > 0
-    crop = B.crop_saliency(model, batches, F.cross_entropy)
+    crop = S.crop_saliency(model, batches, F.cross_entropy)
     assert all(torch.equal(crop[n], hg[n].abs()) for n in hg)
 
 
@@ -128,7 +130,7 @@ class Attention(nn.Module):
 def test_hessian_gradient_through_fused_attention():
     torch.manual_seed(0)
     x, y = torch.randn(4, 5, 8), torch.arange(4)
-    hg = B.gate_hessian_gradient(Attention(), [(x, y)], F.cross_entropy)["/relu"]
+    hg = S.gate_hessian_gradient(Attention(), [(x, y)], F.cross_entropy)["/relu"]
     assert hg.shape == (12,) and torch.isfinite(hg).all() and hg.abs().sum() > 0
 
 
@@ -139,8 +141,8 @@ def test_incoming_weight_norms_and_gamma_scores_by_hand():
     model = ResNet()
     randomise_norms(model)
     x = example("resnet", 2)
-    w = B.incoming_weight_norms(model, x)
-    gam = B.norm_scale_magnitudes(model, x)
+    w = S.incoming_weight_norms(model, x)
+    gam = S.norm_scale_magnitudes(model, x)
 
     def rows(conv):
         return conv.weight.detach().double().flatten(1).pow(2).sum(1)
@@ -154,8 +156,8 @@ def test_incoming_weight_norms_and_gamma_scores_by_hand():
     # after an identity (ChannelSelect) shortcut only the block's own conv produces the unit
     torch.testing.assert_close(w["b1.relu#1"], rows(model.b1.conv2).sqrt())
     mlp = MLP()
-    assert all(torch.isinf(s).all() for s in B.norm_scale_magnitudes(mlp, example("mlp", 2)).values())
-    torch.testing.assert_close(B.incoming_weight_norms(mlp, example("mlp", 2))["/relu#1"],
+    assert all(torch.isinf(s).all() for s in S.norm_scale_magnitudes(mlp, example("mlp", 2)).values())
+    torch.testing.assert_close(S.incoming_weight_norms(mlp, example("mlp", 2))["/relu#1"],
                                mlp.fc2.weight.detach().double().norm(dim=1))
 
 
@@ -166,14 +168,14 @@ def test_coupled_units_share_their_mean_score():
     x = example("mobilenet", 2)
     g = torch.Generator().manual_seed(0)
     scores = {s.name: torch.rand(s.width, generator=g, dtype=torch.float64) for s in demp.list_sites(model, x)}
-    shared = B.share_coupled(scores, model, x)
+    shared = S.share_coupled(scores, model, x)
     expand, dw = "blocks.0.body.2", "blocks.0.body.5"
     torch.testing.assert_close(shared[expand], (scores[expand] + scores[dw]) / 2)
     torch.testing.assert_close(shared[dw], shared[expand])
     assert torch.equal(shared["stem.2"], scores["stem.2"]) and torch.equal(shared["head.2"], scores["head.2"])
     # magnitude scores are per group already, so sharing leaves them as they are
-    w = B.incoming_weight_norms(model, x)
-    assert all(torch.equal(B.share_coupled(w, model, x)[n], w[n]) for n in w)
+    w = S.incoming_weight_norms(model, x)
+    assert all(torch.equal(S.share_coupled(w, model, x)[n], w[n]) for n in w)
 
 
 # ----------------------------------------------------------------------------- selection and timing
@@ -181,7 +183,7 @@ def test_coupled_units_share_their_mean_score():
 def test_select_lowest_global_percentile_and_min_units():
     scores = {"a": torch.tensor([0.1, 0.2, 0.3]), "b": torch.tensor([5.0, 0.05, 4.0, 0.15]),
               "c": torch.tensor([0.01, 0.02]), "d": torch.tensor([math.inf, 0.0])}
-    marks = B.select_lowest(scores, 5 / 11, min_units=1)
+    marks = P.select_lowest(scores, 5 / 11, min_units=1)
     assert {n: m.tolist() for n, m in marks.items()} == {
         "a": [True, False, False], "b": [False, True, False, True], "c": [True, False],
         "d": [False, True]}  # each site keeps its best unit (d's is the unscorable inf one)
@@ -189,28 +191,28 @@ def test_select_lowest_global_percentile_and_min_units():
     assert int(sum(m.sum() for m in marks.values())) == 5
     # global percentile: every removed score is below every kept one but the protected best
     assert float(removed.max()) < 0.2
-    marks = B.select_lowest(scores, 1.0, min_units=2)
+    marks = P.select_lowest(scores, 1.0, min_units=2)
     assert [int((~m).sum()) for m in marks.values()] == [2, 2, 2, 2]
-    assert not any(m.any() for m in B.select_lowest(scores, 0.0).values())
+    assert not any(m.any() for m in P.select_lowest(scores, 0.0).values())
     with pytest.raises(DempError, match="fraction must be in"):
-        B.select_lowest(scores, 1.5)
+        P.select_lowest(scores, 1.5)
     with pytest.raises(DempError, match="min_units must be >= 1"):
-        B.select_lowest(scores, 0.5, min_units=0)
+        P.select_lowest(scores, 0.5, min_units=0)
     with pytest.raises(DempError, match="NaN"):
-        B.select_lowest({"a": torch.tensor([float("nan"), 1.0])}, 0.5)
+        P.select_lowest({"a": torch.tensor([float("nan"), 1.0])}, 0.5)
 
 
 def test_cubic_and_round_schedules():
-    assert B.cubic_fraction(10, 10, 60, 0.8) == 0.0
-    assert B.cubic_fraction(60, 10, 60, 0.8) == pytest.approx(0.8)
-    assert B.cubic_fraction(0, 10, 60, 0.8) == 0.0 and B.cubic_fraction(99, 10, 60, 0.8) == pytest.approx(0.8)
-    assert B.cubic_fraction(35, 10, 60, 0.8) == pytest.approx(0.8 * (1 - 0.5 ** 3))
-    values = [B.cubic_fraction(t, 10, 60, 0.8) for t in range(10, 61)]
+    assert P.cubic_fraction(10, 10, 60, 0.8) == 0.0
+    assert P.cubic_fraction(60, 10, 60, 0.8) == pytest.approx(0.8)
+    assert P.cubic_fraction(0, 10, 60, 0.8) == 0.0 and P.cubic_fraction(99, 10, 60, 0.8) == pytest.approx(0.8)
+    assert P.cubic_fraction(35, 10, 60, 0.8) == pytest.approx(0.8 * (1 - 0.5 ** 3))
+    values = [P.cubic_fraction(t, 10, 60, 0.8) for t in range(10, 61)]
     assert values == sorted(values)
     with pytest.raises(DempError, match="start < end"):
-        B.cubic_fraction(1, 5, 5, 0.5)
-    assert B.round_fraction(5, 5, 0.9) == pytest.approx(0.9)
-    assert 1 - B.round_fraction(1, 5, 0.9) == pytest.approx(0.1 ** 0.2)  # same share every round
+        P.cubic_fraction(1, 5, 5, 0.5)
+    assert P.round_fraction(5, 5, 0.9) == pytest.approx(0.9)
+    assert 1 - P.round_fraction(1, 5, 0.9) == pytest.approx(0.1 ** 0.2)  # same share every round
 
 
 @pytest.mark.parametrize("history, target, fires", [
@@ -227,17 +229,23 @@ def test_cubic_and_round_schedules():
     ([0.1, 0.11, 0.5], 0.25, False),     # +10% earlier, but the newest is +355%
 ])
 def test_early_trigger_rule(history, target, fires):
-    assert B.early_trigger(history, target) is fires
+    assert P.early_trigger(history, target) is fires
 
 
 def test_early_trigger_refuses_bad_target():
     with pytest.raises(DempError, match=r"in \(0, 1\)"):
-        B.early_trigger([0.1, 0.11], 1.0)
+        P.early_trigger([0.1, 0.11], 1.0)
 
 
 # ----------------------------------------------------------------------------- methods end to end
 
-def make_ctx(model: nn.Module, steps_per_epoch: int, epochs: int, seed: int = 0) -> MethodContext:
+@dataclass
+class Ctx(MethodContext):
+    """The method's context plus the test loop's epoch length."""
+    steps_per_epoch: int = 1
+
+
+def make_ctx(model: nn.Module, steps_per_epoch: int, epochs: int, seed: int = 0) -> Ctx:
     name = "mlp" if isinstance(model, MLP) else "vgg"
     x, y = labelled(name, BATCH * steps_per_epoch, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=5e-4)
@@ -245,15 +253,17 @@ def make_ctx(model: nn.Module, steps_per_epoch: int, epochs: int, seed: int = 0)
     def batches(n):
         return [(x[(i % steps_per_epoch) * BATCH:][:BATCH], y[(i % steps_per_epoch) * BATCH:][:BATCH])
                 for i in range(n)]
-    return MethodContext(model=model, optimizer=opt, example_inputs=x[:2], probe=[x[:64]],
-                         total_steps=steps_per_epoch * epochs, steps_per_epoch=steps_per_epoch,
-                         train_batches=batches, loss_fn=F.cross_entropy, seed=seed)
+    return Ctx(model=model, optimizer=opt, example_inputs=x[:2], probe=[x[:64]],
+               total_steps=steps_per_epoch * epochs, train_batches=batches, loss_fn=F.cross_entropy,
+               seed=seed, steps_per_epoch=steps_per_epoch)
 
 
-def run(method, ctx: MethodContext, epochs: int, start_epoch: int = 0, setup: bool = True) -> list:
+def run(method, ctx: Ctx, epochs: int, start_epoch: int = 0, setup: bool = True) -> list:
     """A plain training loop calling the method's hooks; returns the removal reports."""
     model, opt = ctx.model, ctx.optimizer
-    reports = [method.setup(ctx)] if setup else []
+    if setup:
+        method.setup(ctx)
+    reports = [method.on_train_start()] if setup else []
     for epoch in range(start_epoch, epochs):
         for step, (x, y) in enumerate(ctx.train_batches(ctx.steps_per_epoch), epoch * ctx.steps_per_epoch):
             model.train()
@@ -281,7 +291,8 @@ def assert_optimizer_exact(model, opt):
 
 
 CASES = {  # method -> (arch, extra settings); 3 epochs of 6 steps
-    "snap": (VGG, {}), "cropit": (ResNet, {}), "earlysnap": (ResNet, {}), "earlycrop": (VGG, {}),
+    "snap": (VGG, {"score_batches": 2}), "cropit": (ResNet, {"score_batches": 2}),
+    "earlysnap": (ResNet, {"score_batches": 2}), "earlycrop": (VGG, {"score_batches": 2}),
     "slimming": (VGG, {"slimming_reg": 1e-3, "prune_at": 0.4}),
     "magnitude": (ResNet, {"prune_steps": 3}), "random": (VGG, {"prune_steps": 3}),
 }
@@ -296,7 +307,7 @@ def test_method_removes_target_fraction_and_training_continues(name):
     ctx = make_ctx(model, steps_per_epoch=6, epochs=3)
     before = units(model, ctx.example_inputs)
     params0 = demp.count_params(model)
-    method = create_method(MethodConfig(name=name, target=0.5, score_batches=2, **extra))
+    method = create_method(MethodConfig(name, target=0.5, **extra))
     reports = run(method, ctx, epochs=3)
     reports.append(method.finish())
     assert method.finish() is None  # pruning happens once
@@ -307,7 +318,7 @@ def test_method_removes_target_fraction_and_training_continues(name):
     assert sum(r.units_removed for r in reports if r) == n0 - n1
     assert demp.count_params(model) < params0
     assert_optimizer_exact(model, ctx.optimizer)
-    if name in ("snap", "cropit"):  # before training: setup already removed everything
+    if name in ("snap", "cropit"):  # before training: on_train_start removed everything
         assert reports[0].units_after == n1
     run(method, ctx, epochs=1, setup=False)  # training goes on at the new widths
     assert_optimizer_exact(model, ctx.optimizer)
@@ -317,10 +328,11 @@ def test_coupled_network_reaches_the_target():
     torch.manual_seed(0)
     model = MobileNet()
     ctx = make_ctx(model, steps_per_epoch=2, epochs=1)
-    method = create_method(MethodConfig(name="cropit", target=0.5, score_batches=1))
+    method = create_method(MethodConfig("cropit", target=0.5, score_batches=1))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        report = method.setup(ctx)
+        method.setup(ctx)
+        report = method.on_train_start()
     # coupled pairs go together, so an odd count may end one unit short, with a warning
     short = round(0.5 * report.units_before) - report.units_removed
     assert short in (0, 1)
@@ -334,7 +346,7 @@ def test_unscorable_units_stay_and_the_shortfall_is_reported():
     torch.manual_seed(0)
     model = Transformer()
     ctx = make_ctx(model, steps_per_epoch=2, epochs=1)
-    method = create_method(MethodConfig(name="slimming", target=0.5, prune_at=1.0))
+    method = create_method(MethodConfig("slimming", target=0.5, prune_at=1.0))
     before = units(model, ctx.example_inputs)
     with pytest.warns(UserWarning, match="12 units short of removing 0.5 of the 24 units"):
         run(method, ctx, epochs=1)
@@ -345,13 +357,13 @@ def test_early_method_fires_at_the_trigger_epoch():
     torch.manual_seed(0)
     model = no_dropout(VGG())
     ctx = make_ctx(model, steps_per_epoch=6, epochs=4)
-    method = create_method(MethodConfig(name="earlysnap", target=0.5, score_batches=2))
+    method = create_method(MethodConfig("earlysnap", target=0.5, score_batches=2))
     n0 = sum(units(model, ctx.example_inputs).values())
     reports = run(method, ctx, epochs=4)
     assert method.done and len(reports) == 1 and reports[0].units_removed == round(0.5 * n0)
     hist = method.history  # r at each epoch end up to the trigger, which is the first firing
-    assert len(hist) < 4 and B.early_trigger(hist, 0.5)
-    assert not any(B.early_trigger(hist[:j], 0.5) for j in range(1, len(hist)))
+    assert len(hist) < 4 and P.early_trigger(hist, 0.5)
+    assert not any(P.early_trigger(hist[:j], 0.5) for j in range(1, len(hist)))
     assert method.theta0 is None  # theta_0 is freed once it has done its job
 
 
@@ -359,7 +371,7 @@ def test_early_method_that_never_fires_prunes_at_finish():
     torch.manual_seed(0)
     model = no_dropout(VGG())
     ctx = make_ctx(model, steps_per_epoch=4, epochs=1)
-    method = create_method(MethodConfig(name="earlycrop", target=0.3, rounds=2, score_batches=1))
+    method = create_method(MethodConfig("earlycrop", target=0.3, rounds=2, score_batches=1))
     assert run(method, ctx, epochs=1) == []  # one epoch: no relative change yet
     with pytest.warns(UserWarning, match="never fired"):
         report = method.finish()
@@ -370,7 +382,7 @@ def test_magnitude_events_follow_the_cubic_schedule():
     torch.manual_seed(0)
     model = no_dropout(VGG())
     ctx = make_ctx(model, steps_per_epoch=10, epochs=2)
-    method = create_method(MethodConfig(name="magnitude", target=0.6, prune_start=0.2,
+    method = create_method(MethodConfig("magnitude", target=0.6, prune_start=0.2,
                                         prune_end=0.8, prune_steps=3))
     n0 = sum(units(model, ctx.example_inputs).values())
     removed_at = {}
@@ -391,7 +403,7 @@ def test_random_is_seeded_and_differs_from_magnitude():
         torch.manual_seed(0)
         model = no_dropout(VGG())
         ctx = make_ctx(model, steps_per_epoch=2, epochs=1, seed=seed)
-        method = create_method(MethodConfig(name=name, target=0.5, prune_steps=1))
+        method = create_method(MethodConfig(name, target=0.5, prune_steps=1))
         method.setup(ctx)
         method.finish()
         kept.append(model.features[0].weight.detach().clone())
@@ -426,9 +438,10 @@ def same_state(a: dict, b: dict) -> bool:
 @pytest.mark.parametrize("name, epochs", [("snap", 1), ("earlysnap", 1), ("slimming", 1),
                                           ("magnitude", 2), ("random", 2)])
 def test_state_dict_round_trip_resumes_the_same_run(name, epochs):
-    """Resume in the middle: load_state_dict then setup continues exactly as the first run."""
-    config = MethodConfig(name=name, target=0.5, rounds=2, score_batches=1, prune_at=0.5,
-                          prune_start=0.0, prune_end=1.0, prune_steps=3)
+    """Resume in the middle: setup, load_state_dict, on_train_start continue exactly as the first run."""
+    own = {"snap": {"rounds": 2, "score_batches": 1}, "earlysnap": {"rounds": 2, "score_batches": 1},
+           "slimming": {"prune_at": 0.5}}.get(name, {"prune_start": 0.0, "prune_end": 1.0, "prune_steps": 3})
+    config = MethodConfig(name, target=0.5, **own)
     torch.manual_seed(0)
     model = no_dropout(VGG())
     ctx = make_ctx(model, steps_per_epoch=3, epochs=3)
@@ -440,8 +453,9 @@ def test_state_dict_round_trip_resumes_the_same_run(name, epochs):
     twin_ctx = copy.copy(ctx)
     twin_ctx.model, twin_ctx.optimizer = twin_model, twin_opt
     twin = create_method(config)
+    twin.setup(twin_ctx)
     twin.load_state_dict(state)
-    assert twin.setup(twin_ctx) is None  # nothing is pruned again on resume
+    assert twin.on_train_start() is None  # nothing is pruned again on resume
     assert units(twin_model, ctx.example_inputs) == widths
     assert same_state(twin.state_dict(), method.state_dict())
     torch.manual_seed(1)
@@ -469,11 +483,11 @@ def test_state_dict_round_trip_resumes_the_same_run(name, epochs):
 ])
 def test_bad_settings_are_refused(settings, match):
     with pytest.raises(DempError, match=match):
-        create_method(MethodConfig(**({"name": "snap"} | settings)))
+        create_method(MethodConfig(settings.pop("name", "snap"), **settings))
 
 
 def test_registry_and_slimming_without_norm_layers():
     assert {"snap", "cropit", "earlysnap", "earlycrop", "slimming", "magnitude", "random"} <= set(METHODS)
-    method = create_method(MethodConfig(name="slimming"))
+    method = create_method(MethodConfig("slimming"))
     with pytest.raises(DempError, match="no BatchNorm.*use 'magnitude'"):
         method.setup(make_ctx(MLP(), steps_per_epoch=1, epochs=1))

@@ -93,3 +93,12 @@ def test_subcommand_without_its_module_still_parses():
     parser = argparse.ArgumentParser()
     declare_args(parser, "no_such", "add_args")
     assert parser.parse_args(["a", "--b"]).args == ["a", "--b"]
+
+
+def test_importing_demp_has_no_side_effects():
+    """`import demp` neither loads torch nor changes the process environment; the CLI sets
+    OMP_WAIT_POLICY for itself."""
+    code = ("import os, sys; os.environ.pop('OMP_WAIT_POLICY', None); import demp, demp.cli; "
+            "print('torch' in sys.modules, os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "None"]

@@ -50,13 +50,13 @@ def test_round_trip_through_dict_and_yaml():
 @pytest.mark.parametrize("override, message", [
     ("optim.lr=0", "optim.lr must be > 0"),
     ("optim.lr=-1e-3", "optim.lr must be > 0"),
-    ("method.prune_every=0", "method.prune_every must be >= 1"),
+    ("method.prune_every=0", r"method settings \(method.\*\): prune_every must be >= 1"),
     ("model.width=0", "model.width must be > 0"),
     ("train.epochs=0", "train.epochs must be >= 1"),
     ("optim.lr=fast", "optim.lr must be a number"),
     ("train.epochs=1.5", "train.epochs must be a whole number"),
     ("data.augment=3", "data.augment must be true or false"),
-    ("method.reg_form=l3", "unknown method.reg_form 'l3'"),
+    ("method.reg_form=l3", "unknown reg_form 'l3'"),
     ("optim.milestones=[0.6, 0.3]", "optim.milestones must be increasing"),
     ("optim.schedule=warmup_step", "needs optim.warmup_epochs > 0"),
     ("data.name=imagefolder", "needs data.root"),
@@ -121,3 +121,22 @@ def test_shipped_configs_load(path):
 def test_main_job_config_file_equals_the_defaults():
     path = Path(__file__).parents[1] / "configs" / "fashion_mnist_demp.yaml"
     assert load_config(str(path)) == Config()
+
+
+def test_each_method_owns_its_settings():
+    with pytest.raises(DempError, match=r"method 'demp' has no such setting; its settings: reg_peak"):
+        load_config(None, ["method.rounds=3"])
+    with pytest.raises(DempError, match="method 'dense' has no such setting"):
+        load_config(None, ["method.name=dense", "method.target=0.3"])
+    snap = load_config(None, ["method.name=snap", "method.target=0.3"])  # over the DemP main job
+    assert (snap.method.name, snap.method.target, snap.method.rounds) == ("snap", 0.3, 5)
+    assert set(config_to_dict(snap)["method"]) == {"name", "target", "min_units", "rounds", "score_batches"}
+    demp_budget = load_config(None, ["method.target=0.4"])  # DemP reads target as its units budget
+    assert demp_budget.method.target_units == 0.4 and demp_budget.method.reg_peak == 5e-2
+
+
+def test_names_accept_dashes_and_suggest_the_closest():
+    cfg = load_config(None, ["data.name=fashion-mnist", "method.name=Early-SNAP"])
+    assert (cfg.data.name, cfg.method.name) == ("fashion_mnist", "earlysnap")
+    with pytest.raises(DempError, match="did you mean 'cifar10'"):
+        load_config(None, ["data.name=cifar-100"])

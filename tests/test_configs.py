@@ -65,8 +65,8 @@ def test_config_trains_a_few_steps_on_synthetic_data(path: Path, tmp_path: Path)
     cfg = load_config(str(path), [
         "data.name=synthetic", "data.root=null", "data.subset=null", "data.resize=32",
         "model.width=0.125", "train.max_steps=2", "train.epochs=1", "train.batch_size=8",
-        "train.eval_every_epoch=false", "method.prune_every=2", "method.probe_size=16",
-        "method.probe_batch=16"])
+        "train.eval_every_epoch=false", "method.prune_every=2", "data.probe_size=16",
+        "data.probe_batch=16"])
     summary = train(cfg, str(tmp_path / "run"), progress=False)
     assert summary["steps"] == 2 and 0 <= summary["test_acc"] <= 1
     assert summary["optimizer"] == load_config(str(path)).optim.name

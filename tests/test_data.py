@@ -1,15 +1,11 @@
-"""Tests for demp.data: sources, cache, batched augmentation, resumable loading, download."""
+"""Tests for demp.data: sources, cache, batched augmentation, resumable loading."""
 from __future__ import annotations
 
-import functools
 import gzip
-import hashlib
-import http.server
 import io
 import os
 import pickle
 import struct
-import threading
 import zipfile
 from pathlib import Path
 
@@ -18,12 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
+from demp import DempError
 from demp.app import data
 from demp.app.data import (DATASETS, Augment, BatchLoader, DataError, ImageFolderDataset, Splits,
-                       crop_flip, download, load_dataset, normalize, probe_batches)
+                       crop_flip, load_dataset, normalize, probe_batches)
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-REAL_ZIP = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.zip"
+REAL_ZIP = Path(os.environ.get("DEMP_DATA") or Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.zip")
 COLORS = {"ant": (200, 30, 30), "cat": (30, 200, 30), "dog": (30, 30, 200)}
 
 
@@ -388,38 +385,14 @@ def test_image_folder_dataset(tmp_path):
         ImageFolderDataset(root, "test")
 
 
-# ----------------------------------------------------------------------------- download
-
-
-@pytest.fixture()
-def http_root(tmp_path):
-    """Serve tmp_path/www over HTTP on 127.0.0.1 from a background thread."""
-    www = tmp_path / "www"
-    www.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield www, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def test_download_verifies_sha256(http_root, tmp_path):
-    www, base = http_root
-    payload = os.urandom(3 << 20)
-    (www / "blob.bin").write_bytes(payload)
-    good = hashlib.sha256(payload).hexdigest()
-    dest = tmp_path / "out" / "blob.bin"
-    assert download(f"{base}/blob.bin", str(dest), good) == str(dest)
-    assert dest.read_bytes() == payload
-    other = tmp_path / "out2" / "blob.bin"
-    with pytest.raises(DataError, match="checksum mismatch"):
-        download(f"{base}/blob.bin", str(other), "0" * 64)
-    assert list(other.parent.iterdir()) == []  # neither the file nor a partial one
-    with pytest.raises(DataError, match="could not download"):
-        download(f"{base}/missing.bin", str(other), good)
+def test_cifar_without_root_needs_demp_data(monkeypatch, tmp_path):
+    monkeypatch.delenv("DEMP_DATA", raising=False)
+    with pytest.raises(DataError, match="DEMP_DATA"):
+        data._cifar_source(None)
+    monkeypatch.setenv("DEMP_DATA", str(tmp_path / "nowhere.zip"))
+    with pytest.raises(DataError, match="no CIFAR-10 found at DEMP_DATA"):
+        data._cifar_source(None)
+    assert isinstance(DataError("x"), DempError)
 
 
 # ----------------------------------------------------------------------------- real CIFAR-10 zip

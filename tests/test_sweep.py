@@ -15,7 +15,7 @@ from demp.experiments.sweep import load_sweep, plan_runs, run_config, run_name, 
 
 TINY = {"data.name": "synthetic", "model.name": "small_cnn", "model.width": 0.125, "train.epochs": 1,
         "train.max_steps": 3, "train.batch_size": 64, "train.log_every": 1, "method.prune_every": 2,
-        "method.probe_size": 128, "method.probe_batch": 64, "method.score_batches": 1,
+        "data.probe_size": 128, "data.probe_batch": 64, "method.score_batches": 1,
         "method.rounds": 1}
 
 
@@ -48,7 +48,7 @@ def test_schema_errors_name_the_bad_key(tmp_path: Path):
     assert "already planned by grid[0]" in error(grid=[{"method": "dense"}, {"method": "dense"}])
     message = error(grid=[{"method": "demp", "knob": [1e-3], "set": {"optim.lrr": 1}}])
     assert "run demp-adamw-0.001-s0" in message and "unknown key 'optim.lrr'" in message
-    assert "unknown section 'tran'" in error(grid=[{"method": "dense", "set": {"tran.epochs": 1}}])
+    assert "unknown key 'tran'" in error(grid=[{"method": "dense", "set": {"tran.epochs": 1}}])
 
 
 def test_plan_names_order_and_override_layers(tmp_path: Path):

@@ -2,22 +2,45 @@
 
 Trains a network while pushing ReLU units to death (scheduled L1 on normalisation scales,
 live-only noise) and physically removing the dead ones, optimizer state included.
+
+Layers: ``demp.core`` is the library a training loop imports (detection, schedules,
+regulariser, noise, surgery, pruner); ``demp.app`` is the application behind ``demp train``
+(config, data, models, methods, training, checkpoints, export); ``demp.experiments`` builds
+on many runs (sweeps, reports).  The public names below load on first use, so importing
+``demp`` (or ``demp.cli``) does not import torch by itself.
 """
-import os
+from importlib import import_module
+from typing import Any
 
-# Spinning OpenMP threads make training 3-20x slower when another job shares the cores
-# (measured: 150 dense steps 67.6 s spinning vs 19.7 s passive); only effective before torch loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from demp.core.detection import Site, UnitScan, find_dead_units, list_sites, scan_units
-from demp.errors import DempError
-from demp.app.export import load_pruned
-from demp.core.pruner import DemonPruner, DemPConfig, RemovalEvent
-from demp.core.skip import ChannelSelect
-from demp.core.surgery import RemovalReport, SiteRemoval, remove_units
-from demp.core.utils import count_params
+_PUBLIC = {
+    "ChannelSelect": "demp.core.skip",
+    "DempError": "demp.errors",
+    "DemonPruner": "demp.core.pruner",
+    "DemPConfig": "demp.core.pruner",
+    "RemovalEvent": "demp.core.pruner",
+    "RemovalReport": "demp.core.surgery",
+    "Site": "demp.core.detection",
+    "SiteRemoval": "demp.core.surgery",
+    "UnitScan": "demp.core.detection",
+    "count_params": "demp.core.utils",
+    "find_dead_units": "demp.core.detection",
+    "list_sites": "demp.core.detection",
+    "load_pruned": "demp.app.export",
+    "remove_units": "demp.core.surgery",
+    "scan_units": "demp.core.detection",
+}
 
 __version__ = "0.1.0"
-__all__ = ["ChannelSelect", "DempError", "DemonPruner", "DemPConfig", "RemovalEvent",
-           "RemovalReport", "Site", "SiteRemoval", "UnitScan", "count_params",
-           "find_dead_units", "list_sites", "load_pruned", "remove_units", "scan_units"]
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'demp' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])

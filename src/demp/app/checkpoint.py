@@ -20,7 +20,6 @@ import torch
 
 from demp.errors import DempError
 
-CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "demp.checkpoint/1"
 _TEMP_SUFFIX = ".tmp"
 

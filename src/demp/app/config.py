@@ -10,35 +10,37 @@ from __future__ import annotations
 import json
 import math
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
 
+from demp.app.methods.base import MethodConfig, canonical_name, method_class, setting_keys
 from demp.errors import DempError
-from demp.app.methods import METHODS, MethodConfig
-from demp.core.pruner import DemPConfig
-from demp.core.schedules import SCHEDULES
 
 OPTIMIZERS = ("adamw", "sgd")
 LR_SCHEDULES = ("step", "one_cycle", "cosine", "warmup_step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+AUTOCASTS = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass
 class DataConfig:
-    """Which dataset to train on and how to feed it."""
+    """Which dataset to train on, how to feed it, and the images dead checks look at."""
     name: str = "fashion_mnist"     # fashion_mnist | cifar10 | synthetic | imagefolder
-    root: Optional[str] = None      # dataset folder (None: the dataset's standard place)
+    root: Optional[str] = None      # dataset folder (None: the standard place; CIFAR-10: $DEMP_DATA)
     subset: Optional[int] = None    # keep the first N training examples
     augment: bool = False           # pad-4 random crop + flip (imagefolder: always random-resized-crop)
     resize: Optional[int] = None    # resize images to this side (e.g. 64 for VGG on CIFAR-10)
+    probe_size: int = 1536          # un-augmented training images in each dead check
+    probe_batch: int = 512
+    calib_batches: int = 8          # augmented training batches for BatchNorm re-estimation
 
 
 @dataclass
 class ModelConfig:
-    """A model from the zoo (``demp.models.list_models()``) at a width multiplier."""
+    """A model from the zoo (``demp.app.models.list_models()``) at a width multiplier."""
     name: str = "small_cnn"
     width: float = 0.75
     kwargs: dict[str, Any] = field(default_factory=dict)   # extra builder arguments
@@ -46,13 +48,16 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Length of training, batch size, and how often to log and checkpoint."""
+    """Length of training, batch size, speed settings, and how often to log and checkpoint."""
     epochs: int = 5
     batch_size: int = 128
     max_steps: Optional[int] = None     # cap on optimizer steps (None: epochs * steps per epoch)
     eval_every_epoch: bool = True       # test-set evaluation after every epoch (else only at the end)
+    recalibrate_eval: bool = False      # re-estimate BatchNorm statistics before each evaluation
     checkpoint_every: int = 0           # steps between checkpoints (0: only at epoch ends)
     log_every: int = 50                 # steps between metrics lines
+    channels_last: Optional[bool] = None  # None: on for 4-D inputs (faster convs on CUDA and AVX-512 CPUs)
+    autocast: str = "auto"              # auto (CUDA: bf16/fp16; CPU: off) | off | bf16 | fp16
 
 
 @dataclass
@@ -76,8 +81,7 @@ def main_job_method() -> MethodConfig:
     scales shrink together behind the next BatchNorm); lr 1e-2 with reg_peak 5e-2 removes a
     quarter of the units, while reg_peak 0.2 collapses the network.
     """
-    return MethodConfig(name="demp", reg_peak=5e-2, noise_peak=5e-5, prune_every=200,
-                        reg_span=0.8, probe_size=1536, probe_batch=512)
+    return MethodConfig("demp", reg_peak=5e-2, prune_every=200, reg_span=0.8)
 
 
 @dataclass
@@ -97,7 +101,7 @@ class Config:
         """Raise DempError for the first bad setting; return self so calls chain."""
         _check_names(self)
         _check_ranges(self)
-        _check_method(self.method)
+        self.method.validate()
         return self
 
 
@@ -105,7 +109,8 @@ class Config:
 
 def available_methods() -> list[str]:
     """Registered training methods (dense, demp and the baselines)."""
-    from demp.app.methods import baselines  # noqa: F401  (registers the baseline methods)
+    from demp.app.methods.base import METHODS, _load_all
+    _load_all()
     return sorted(METHODS)
 
 
@@ -115,13 +120,13 @@ def _data_names() -> tuple[str, ...]:
 
 
 def _check_names(cfg: Config) -> None:
+    """Known names everywhere; 'fashion-mnist' is read as 'fashion_mnist' (same for methods)."""
     from demp.app.models import list_models
-    choices = [("data.name", cfg.data.name, _data_names()),
-               ("model.name", cfg.model.name, list_models()),
-               ("optim.name", cfg.optim.name, OPTIMIZERS),
+    cfg.data.name = canonical_name(cfg.data.name, _data_names(), "data.name")
+    cfg.model.name = canonical_name(cfg.model.name, list_models(), "model.name")
+    choices = [("optim.name", cfg.optim.name, OPTIMIZERS),
                ("optim.schedule", cfg.optim.schedule, LR_SCHEDULES),
-               ("method.name", cfg.method.name, available_methods()),
-               ("method.schedule", cfg.method.schedule, SCHEDULES),
+               ("train.autocast", cfg.train.autocast, AUTOCASTS),
                ("device", cfg.device, DEVICES)]
     for key, value, valid in choices:
         if value not in valid:
@@ -136,10 +141,13 @@ def _optional(value: Any, ok) -> bool:
 
 
 def _check_ranges(cfg: Config) -> None:
-    d, m, t, o, me = cfg.data, cfg.model, cfg.train, cfg.optim, cfg.method
+    d, m, t, o = cfg.data, cfg.model, cfg.train, cfg.optim
     rules = [
         ("data.subset", d.subset, _optional(d.subset, lambda v: v >= 1), "a number >= 1 or null"),
         ("data.resize", d.resize, _optional(d.resize, lambda v: v >= 1), "a size >= 1 or null"),
+        ("data.probe_size", d.probe_size, d.probe_size >= 1, ">= 1"),
+        ("data.probe_batch", d.probe_batch, d.probe_batch >= 1, ">= 1"),
+        ("data.calib_batches", d.calib_batches, d.calib_batches >= 1, ">= 1"),
         ("model.width", m.width, m.width > 0, "> 0"),
         ("train.epochs", t.epochs, t.epochs >= 1, ">= 1"),
         ("train.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
@@ -156,17 +164,6 @@ def _check_ranges(cfg: Config) -> None:
          all(0 < x < 1 for x in o.milestones) and list(o.milestones) == sorted(set(o.milestones)),
          "increasing fractions of training in (0, 1)"),
         ("optim.label_smoothing", o.label_smoothing, 0 <= o.label_smoothing < 1, "in [0, 1)"),
-        ("method.reg_span", me.reg_span, 0 < me.reg_span <= 1, "a fraction of training in (0, 1]"),
-        ("method.probe_size", me.probe_size, me.probe_size >= 1, ">= 1"),
-        ("method.probe_batch", me.probe_batch, me.probe_batch >= 1, ">= 1"),
-        ("method.target", me.target, 0 < me.target < 1, "a fraction of units in (0, 1)"),
-        ("method.rounds", me.rounds, me.rounds >= 1, ">= 1"),
-        ("method.score_batches", me.score_batches, me.score_batches >= 1, ">= 1"),
-        ("method.slimming_reg", me.slimming_reg, me.slimming_reg >= 0, ">= 0"),
-        ("method.prune_at", me.prune_at, 0 < me.prune_at <= 1, "a fraction of training in (0, 1]"),
-        ("method.prune_start", me.prune_start, 0 <= me.prune_start <= me.prune_end <= 1,
-         "a fraction in [0, method.prune_end]"),
-        ("method.prune_steps", me.prune_steps, me.prune_steps >= 1, ">= 1"),
         ("seed", cfg.seed, cfg.seed >= 0, ">= 0"),
         ("threads", cfg.threads, _optional(cfg.threads, lambda v: v >= 1), ">= 1 or null"),
     ]
@@ -182,18 +179,6 @@ def _check_ranges(cfg: Config) -> None:
     if d.name == "imagefolder" and d.subset is not None:
         raise DempError("data.subset is not supported with data.name 'imagefolder'; "
                         "point data.root at a smaller folder instead")
-
-
-def _check_method(me: MethodConfig) -> None:
-    """The DemP settings shared by every method, checked by DemPConfig's own rules."""
-    shared = {f.name: getattr(me, f.name) for f in fields(DemPConfig) if hasattr(me, f.name)}
-    shared["reg_span"] = None  # a fraction here, checked above; DemPConfig wants steps
-    try:
-        DemPConfig(**shared).validate(total_steps=1)
-    except DempError as e:  # its messages name the field: make that the dotted key
-        message = str(e)
-        name = next((n for n in shared if n in message), None)
-        raise DempError(message.replace(name, f"method.{name}", 1) if name else message) from None
 
 
 # ----------------------------------------------------------------------------- building
@@ -261,12 +246,36 @@ def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     values = {}
     for name, value in raw.items():
         hint = hints[name]
-        if is_dataclass(hint):
+        if hint is MethodConfig:
+            values[name] = _build_method(value, source)
+        elif is_dataclass(hint):
             values[name] = _build(hint, value, f"{prefix}{name}.", source)
         else:
             values[name] = _coerce(value, hint, prefix + name)
-    defaults = main_job_method() if cls is MethodConfig else cls()
-    return replace(defaults, **values)
+    return replace(cls(), **values)
+
+
+def _build_method(raw: Any, source: str) -> MethodConfig:
+    """The ``method`` section: its name picks the method, whose own settings are the other keys.
+
+    Without a name, or with the main job's method, keys apply over the main job's settings;
+    another method starts from its own defaults.  A key the method does not have is refused.
+    """
+    if not isinstance(raw, dict):
+        raise DempError(f"{source}: section 'method' must be a mapping (key: value), got {raw!r}")
+    default = main_job_method()
+    cls = method_class(raw.get("name", default.name))
+    method = default if cls.name == default.name else MethodConfig(cls.name)
+    valid, hints = setting_keys(cls), typing.get_type_hints(cls.config_class)
+    values = {}
+    for key, value in raw.items():
+        if key == "name":
+            continue
+        if key not in valid:
+            raise DempError(f"unknown key 'method.{key}' in {source}: method '{cls.name}' has no such "
+                            f"setting; its settings: {', '.join(valid) or 'none'}")
+        values[key] = _coerce(value, hints[cls.aliases.get(key, key)], f"method.{key}")
+    return method.update(values)
 
 
 def config_from_dict(raw: dict, source: str = "the config") -> Config:
@@ -277,12 +286,16 @@ def config_from_dict(raw: dict, source: str = "the config") -> Config:
 def config_to_dict(cfg: Config) -> dict:
     """Plain nested dict (lists, not tuples), as written to config.yaml."""
     def plain(v: Any) -> Any:
+        if isinstance(v, MethodConfig):
+            return plain(v.to_dict())
+        if is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in fields(v)}
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         return v
-    return plain(asdict(cfg))
+    return plain(cfg)
 
 
 def _read_file(path: str) -> dict:
@@ -297,8 +310,29 @@ def _read_file(path: str) -> dict:
     return raw or {}
 
 
+def set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
+    """raw[a][b][c] = value for key 'a.b.c'; an unknown section lists the valid ones.
+
+    Setting ``method.name`` to another method clears the old method's settings (they belong
+    to it), so ``--set method.name=snap`` works over a DemP config file.
+    """
+    *parents, leaf = key.split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        if part not in node:
+            here = f"section '{'.'.join(parents[:i])}'" if i else "the top level"
+            raise DempError(f"unknown key '{'.'.join(parents[:i + 1])}' in {where}; valid keys "
+                            f"of {here}: {', '.join(node)}")
+        if not isinstance(node[part], dict):
+            raise DempError(f"{where}: '{'.'.join(parents[:i + 1])}' is a value, not a section")
+        node = node[part]
+    if key == "method.name" and value != node.get("name"):
+        node.clear()
+    node[leaf] = value
+
+
 def apply_override(raw: dict, override: str) -> None:
-    """Set ``a.b.c=value`` in nested dict ``raw``; the value is parsed as a YAML scalar or list."""
+    """Apply ``a.b.c=value`` to nested dict ``raw``; the value is parsed as a YAML scalar or list."""
     key, sep, text = override.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -307,17 +341,7 @@ def apply_override(raw: dict, override: str) -> None:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as e:
         raise DempError(f"--set {key}: cannot parse value '{text}': {e}") from None
-    *parents, leaf = key.split(".")
-    node = raw
-    for i, part in enumerate(parents):
-        where = f"section '{'.'.join(parents[:i])}'" if i else "the top level"
-        if part not in node:
-            raise DempError(f"unknown key '{'.'.join(parents[:i + 1])}' in --set {key}; valid keys "
-                            f"of {where}: {', '.join(node)}")
-        if not isinstance(node[part], dict):
-            raise DempError(f"--set {key}: '{'.'.join(parents[:i + 1])}' is a value, not a section")
-        node = node[part]
-    node[leaf] = value
+    set_dotted(raw, key, value, f"--set {key}")
 
 
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Config:

@@ -17,21 +17,23 @@ import multiprocessing
 import os
 import pickle
 import shutil
-import tempfile
-import urllib.error
-import urllib.request
 import uuid
 import warnings
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from demp.errors import DempError
+
+if TYPE_CHECKING:
+    from demp.app.config import Config
 
 DATASETS = ("fashion_mnist", "cifar10", "synthetic")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -53,7 +55,7 @@ _CIFAR_FORMS = (
 )
 
 
-class DataError(Exception):
+class DataError(DempError):
     """A data problem the user can fix; the message says what is wrong and how to fix it."""
 
 
@@ -218,7 +220,7 @@ def _detect_cifar(path: Path, depth: int = 1) -> _Source | None:
 
 
 def _cifar_source(root: str | None) -> _Source:
-    """Find CIFAR-10 at ``root`` or, when not given, at DEMP_DATA or ../shared/data/cifar10-jpeg.zip."""
+    """Find CIFAR-10 at ``root`` or, when not given, at the DEMP_DATA environment variable."""
     if root:
         path = Path(root).expanduser()
         if not path.exists():
@@ -227,15 +229,14 @@ def _cifar_source(root: str | None) -> _Source:
         if found is None:
             raise DataError(f"no CIFAR-10 found at {path}. {_CIFAR_FORMS}")
         return found
-    repo = Path(__file__).resolve().parents[2]
-    candidates = [Path(p) for p in [os.environ.get("DEMP_DATA")] if p]
-    candidates += [Path.cwd().parent / "shared/data/cifar10-jpeg.zip",
-                   repo.parent / "shared/data/cifar10-jpeg.zip"]
-    for path in candidates:
-        found = _detect_cifar(path) if path.exists() else None
-        if found:
-            return found
-    raise DataError(f"CIFAR-10 not found (looked in {', '.join(map(str, candidates))}). {_CIFAR_FORMS}")
+    env = os.environ.get("DEMP_DATA")
+    if not env:
+        raise DataError(f"where is CIFAR-10? Set data.root or the DEMP_DATA environment variable. {_CIFAR_FORMS}")
+    path = Path(env).expanduser()
+    found = _detect_cifar(path) if path.exists() else None
+    if found is None:
+        raise DataError(f"no CIFAR-10 found at DEMP_DATA={env}. {_CIFAR_FORMS}")
+    return found
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -751,40 +752,109 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------- download
 
 
-def _sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+# ----------------------------------------------------------------------------- a run's data
+
+EVAL_BATCH = 1024          # in-memory test sets
+FOLDER_EVAL_BATCH = 256    # image folders (full-size images decoded by workers)
 
 
-def download(url: str, dest: str, sha256: str) -> str:
-    """Fetch ``url`` to ``dest`` via a temporary file renamed only after its sha256 matches.
+class FolderLoader:
+    """``BatchLoader``'s interface over an ``ImageFolderDataset`` decoded lazily by workers.
 
-    An existing ``dest`` with the right checksum is kept as is.  Returns ``dest``.
+    The order of each epoch is drawn from (seed, epoch), so a resumed epoch yields the same
+    remaining images; the random crops come from the workers' generators and are not
+    replayed bit for bit.
     """
-    target, expected = Path(dest), sha256.strip().lower()
-    if target.is_file() and _sha256_file(target) == expected:
-        return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            for block in iter(lambda: response.read(1 << 20), b""):
-                digest.update(block)
-                out.write(block)
-        if digest.hexdigest() != expected:
-            raise DataError(f"checksum mismatch for {url}: expected sha256 {expected}, got "
-                            f"{digest.hexdigest()}. The download is corrupt or the file changed upstream; "
-                            f"nothing was written to {target}. Retry, or fetch it by hand and check the sha256.")
-        os.replace(tmp, target)
-    except (OSError, urllib.error.URLError) as e:
-        raise DataError(f"could not download {url} to {target}: {e}. Check the URL and network, "
-                        "or download the file by hand.") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return str(target)
+
+    def __init__(self, dataset: ImageFolderDataset, batch_size: int, *, train: bool,
+                 seed: int, device: torch.device):
+        self.dataset, self.batch_size, self.train, self.seed, self.device = dataset, batch_size, train, seed, device
+        self.workers = min(8, os.cpu_count() or 1)
+        self.epoch, self.position = 0, 0
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = len(self.dataset)
+        order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
+                 if self.train else torch.arange(n))
+        rest = torch.utils.data.Subset(self.dataset, order[self.position * self.batch_size:].tolist())
+        loader = torch.utils.data.DataLoader(
+            rest, batch_size=self.batch_size, num_workers=self.workers, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.seed + self.epoch * 7919 + self.position))
+        for x, y in loader:
+            self.position += 1
+            if self.position == len(self):
+                self.epoch, self.position = self.epoch + 1, 0
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+@dataclass
+class Data:
+    """What the loop needs from a dataset: loaders, probe images and the input/output shapes."""
+    train: Any                      # BatchLoader or FolderLoader
+    test: Any
+    probe: list[torch.Tensor]       # un-augmented training images for dead checks
+    score_batches: Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+
+def _take(loader: Any, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``n`` batches of a fresh loader (across epochs if needed)."""
+    batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+    while len(batches) < n:
+        for batch in loader:
+            batches.append(batch)
+            if len(batches) == n:
+                break
+    return batches
+
+
+def load_run_data(cfg: "Config", device: torch.device) -> Data:
+    """Loaders for the configured dataset; DataError (with the fix) when it is missing."""
+    d, bs = cfg.data, cfg.train.batch_size
+    if d.name == "imagefolder":
+        return _folder_data(cfg, device)
+    splits = load_dataset(d.name, d.root, d.subset, seed=cfg.seed)
+    augment = (Augment(crop_pad=4 if d.augment else 0, flip=d.augment, resize=d.resize)
+               if d.augment or d.resize else None)
+
+    def loader(x: torch.Tensor, y: torch.Tensor, batch: int, train: bool, seed: int) -> BatchLoader:
+        return BatchLoader(x, y, batch, mean=splits.mean, std=splits.std, train=train,
+                                     augment=augment, seed=seed, device=device)
+
+    probe = probe_batches(splits, cfg.data.probe_size, cfg.data.probe_batch, d.resize)
+    return Data(train=loader(splits.train_x, splits.train_y, bs, True, cfg.seed),
+                test=loader(splits.test_x, splits.test_y, EVAL_BATCH, False, cfg.seed),
+                probe=[p.to(device) for p in probe],
+                score_batches=lambda n: _take(loader(splits.train_x, splits.train_y, bs, True, cfg.seed + 1), n),
+                num_classes=splits.num_classes, in_channels=splits.in_channels,
+                image_size=d.resize or splits.image_size)
+
+
+def _folder_data(cfg: "Config", device: torch.device) -> Data:
+    """ImageNet-style folders: root/train/<class>/ and root/val/ (or root/test/)."""
+    root, size, bs = Path(cfg.data.root), cfg.data.resize or 224, cfg.train.batch_size
+    test_split = "val" if (root / "val").is_dir() else "test"
+    train = ImageFolderDataset(root, "train", image_size=size)
+    plain = ImageFolderDataset(root, "train", image_size=size, train=False, classes=train.classes)
+    test = ImageFolderDataset(root, test_split, image_size=size, classes=train.classes)
+    picks = torch.linspace(0, len(plain) - 1, min(cfg.data.probe_size, len(plain))).long().tolist()
+    probe = torch.stack([plain[i][0] for i in picks]).split(cfg.data.probe_batch)
+
+    def loader(ds: ImageFolderDataset, batch: int, is_train: bool, seed: int) -> FolderLoader:
+        return FolderLoader(ds, batch, train=is_train, seed=seed, device=device)
+
+    return Data(train=loader(train, bs, True, cfg.seed), test=loader(test, FOLDER_EVAL_BATCH, False, cfg.seed),
+                probe=[p.to(device) for p in probe],
+                score_batches=lambda n: _take(loader(train, bs, True, cfg.seed + 1), n),
+                num_classes=len(train.classes), in_channels=3, image_size=size)

@@ -1,4 +1,4 @@
-"""Finding ReLU units and the dead ones among them (spec section 2).
+"""Finding ReLU units and the dead ones among them (docs/method.md, "Units and death").
 
 A *site* is one call of a ReLU in the forward pass: an ``nn.ReLU`` module (a module called
 at several places gives one site per call, named ``name#k``), or a functional

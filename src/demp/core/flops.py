@@ -1,4 +1,4 @@
-"""Measured FLOP and parameter counts for the reported metrics (spec section 8).
+"""Measured FLOP and parameter counts for the reported metrics (docs/method.md, "Reported metrics").
 
 FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``: one multiply-add counts as 2
 FLOPs, and only matrix products, convolutions and attention are counted.  Biases,

@@ -1,4 +1,4 @@
-"""Gaussian noise on the parameters of live units only (spec section 4).
+"""Gaussian noise on the parameters of live units only (docs/method.md, "The noise").
 
 After each optimizer step: theta <- theta + sigma_t * m * N(0, I), outside the optimizer.
 ``m`` marks entries that received a non-zero gradient from the *task* loss this step; the

@@ -5,34 +5,42 @@
     pruner.step()      # live-only noise, schedule advance, periodic dead check + removal
     ...
     pruner.finish()    # final dead check + removal
+
+Lambda follows a schedule with a fixed peak (the paper's form), or, given a budget
+(``target_units`` or ``target_flops``), the controller in ``demp.core.budget``.  Before each
+dead check the BatchNorm statistics are re-estimated (``demp.core.batchnorm``) and restored
+after it.  The method is described in docs/method.md.
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable, Optional
 
 import torch
 import torch.nn as nn
 
 from demp.core import regulariser
+from demp.core.batchnorm import recalibrated
+from demp.core.budget import BudgetController
 from demp.core.detection import UnitScan, list_sites, scan_units
-from demp.errors import DempError
+from demp.core.flops import forward_flops
 from demp.core.noise import NOISE_MODES, NoiseInjector
-from demp.core.schedules import Schedule, make_schedule
+from demp.core.schedules import SCHEDULES, Schedule, make_schedule
 from demp.core.surgery import RemovalReport, remove_units
 from demp.core.utils import count_params, model_device
+from demp.errors import DempError
 
 
 @dataclass
 class DemPConfig:
-    """Every DemP setting, with the spec's defaults."""
-    reg_peak: float = 1e-3
+    """Every DemP setting, with its default (the paper's where it has one)."""
+    reg_peak: float = 1e-3                # lambda peak; with a budget, lambda's starting value
     noise_peak: float = 5e-5
-    prune_every: int = 1000
+    prune_every: int = 1000               # steps between dead checks
     schedule: str = "one_cycle"
-    reg_span: Optional[int] = None        # steps the schedules cover (default: total_steps)
+    reg_span: float = 1.0                 # fraction of training the schedules cover
     reg_form: str = "l1"
     reg_target: str = "norm_scales"
     noise_mode: str = "live"
@@ -40,32 +48,53 @@ class DemPConfig:
     probe_batches: Optional[int] = None   # use at most this many probe batches per check
     quasi_eps: tuple[float, ...] = ()
     min_units: int = 1
+    recalibrate: bool = True              # re-estimate BatchNorm statistics before each check
+    calib_batches: Optional[int] = None   # at most this many calibration batches (None: all)
+    target_units: Optional[float] = None  # budget: fraction of units to remove
+    target_flops: Optional[float] = None  # budget: fraction of forward FLOPs to keep
+    target_by: float = 0.3                # fraction of training by which to meet the budget
     seed: int = 0
     final_prune: bool = True
 
-    def validate(self, total_steps: int) -> None:
-        """Raise DempError naming the first bad setting."""
-        if total_steps < 1:
-            raise DempError(f"total_steps must be >= 1, got {total_steps}")
+    def validate(self) -> "DemPConfig":
+        """Raise DempError naming the first bad setting; return self."""
+        def fraction(v: Optional[float]) -> bool:
+            return v is None or 0 < v < 1
         checks = [
             (self.reg_peak >= 0, f"reg_peak must be >= 0, got {self.reg_peak}"),
             (self.noise_peak >= 0, f"noise_peak must be >= 0, got {self.noise_peak}"),
             (self.prune_every >= 1, f"prune_every must be >= 1, got {self.prune_every}"),
             (self.noise_every >= 1, f"noise_every must be >= 1, got {self.noise_every}"),
             (self.min_units >= 1, f"min_units must be >= 1, got {self.min_units}"),
-            (self.reg_span is None or self.reg_span >= 1, f"reg_span must be >= 1, got {self.reg_span}"),
+            (0 < self.reg_span <= 1, f"reg_span must be a fraction of training in (0, 1], got {self.reg_span}"),
             (self.probe_batches is None or self.probe_batches >= 1,
              f"probe_batches must be >= 1, got {self.probe_batches}"),
+            (self.calib_batches is None or self.calib_batches >= 1,
+             f"calib_batches must be >= 1, got {self.calib_batches}"),
+            (self.schedule in SCHEDULES, f"unknown schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}"),
             (self.reg_form in regulariser.REG_FORMS,
              f"unknown reg_form '{self.reg_form}'; choose one of {', '.join(regulariser.REG_FORMS)}"),
             (self.reg_target in regulariser.REG_TARGETS,
              f"unknown reg_target '{self.reg_target}'; choose one of {', '.join(regulariser.REG_TARGETS)}"),
             (self.noise_mode in NOISE_MODES,
              f"unknown noise_mode '{self.noise_mode}'; choose one of {', '.join(NOISE_MODES)}"),
+            (fraction(self.target_units), f"target_units must be a fraction of units in (0, 1), got {self.target_units}"),
+            (fraction(self.target_flops),
+             f"target_flops must be the fraction of forward FLOPs to keep, in (0, 1), got {self.target_flops}"),
+            (self.target_units is None or self.target_flops is None,
+             "give one budget: target_units or target_flops, not both"),
+            (0 < self.target_by <= 1, f"target_by must be a fraction of training in (0, 1], got {self.target_by}"),
+            (not self.budgeted or self.reg_peak > 0,
+             "a budget needs reg_peak > 0 as lambda's starting value"),
         ]
         for ok, message in checks:
             if not ok:
                 raise DempError(message)
+        return self
+
+    @property
+    def budgeted(self) -> bool:
+        return self.target_units is not None or self.target_flops is not None
 
 
 @dataclass
@@ -81,48 +110,63 @@ class RemovalEvent:
     removal_s: float
     widths: dict[str, int] = field(default_factory=dict)
     quasi_dead: dict[str, int] = field(default_factory=dict)   # eps (as str) -> count
+    lam: float = 0.0                                           # lambda after the check
 
 
 class DemonPruner:
-    """Regulariser, noise and periodic removal of dead units for one model and optimizer."""
+    """Regulariser, noise and periodic removal of dead units for one model and optimizer.
+
+    ``probe``: re-iterable batches of un-augmented training inputs for the dead checks.
+    ``calibration``: re-iterable batches of training-like (augmented) inputs for the
+    BatchNorm re-estimation; default: the probe.  Settings are ``DemPConfig``'s fields,
+    given as keywords or as ``config``.
+    """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, example_inputs: Any,
-                 total_steps: int, probe: Iterable[Any], reg_peak: float = 1e-3,
-                 noise_peak: float = 5e-5, prune_every: int = 1000, schedule: str = "one_cycle",
-                 **options: Any):
-        unknown = set(options) - set(DemPConfig.__dataclass_fields__)
+                 total_steps: int, probe: Iterable[Any], *, calibration: Optional[Iterable[Any]] = None,
+                 config: Optional[DemPConfig] = None, **options: Any):
+        names = {f.name for f in fields(DemPConfig)}
+        unknown = set(options) - names
         if unknown:
             raise DempError(f"unknown DemonPruner option(s) {sorted(unknown)}; valid options: "
-                            f"{', '.join(DemPConfig.__dataclass_fields__)}")
-        self.config = DemPConfig(reg_peak=reg_peak, noise_peak=noise_peak, prune_every=prune_every,
-                                 schedule=schedule, **options)
-        self.config.validate(total_steps)
-        if iter(probe) is probe:
-            raise DempError("probe must be re-iterable (a list of batches or a DataLoader), "
-                            "not a one-shot iterator: it is read at every dead check")
+                            f"{', '.join(sorted(names))}")
+        self.config = DemPConfig(**{**(asdict(config) if config else {}), **options}).validate()
+        if total_steps < 1:
+            raise DempError(f"total_steps must be >= 1, got {total_steps}")
+        for what, data in (("probe", probe), ("calibration", calibration)):
+            if data is not None and iter(data) is data:
+                raise DempError(f"{what} must be re-iterable (a list of batches or a DataLoader), "
+                                "not a one-shot iterator: it is read at every dead check")
+        c = self.config
         self.model, self.optimizer = model, optimizer
         self.example_inputs, self.probe, self.total_steps = example_inputs, probe, total_steps
-        span = self.config.reg_span or total_steps
-        self.reg_schedule: Schedule = make_schedule(schedule, reg_peak, span)
-        self.noise_schedule: Schedule = make_schedule(schedule, noise_peak, span)
-        self.noise = NoiseInjector(self.config.noise_mode, self.config.seed, model_device(model))
+        self.calibration = calibration if calibration is not None else probe
+        span = max(1, round(c.reg_span * total_steps))
+        self.reg_schedule: Schedule = make_schedule(c.schedule, c.reg_peak, span)
+        self.noise_schedule: Schedule = make_schedule(c.schedule, c.noise_peak, span)
+        self.budget = (BudgetController(c.target_units or 1 - c.target_flops,
+                                        max(1, round(c.target_by * total_steps)), c.reg_peak)
+                       if c.budgeted else None)
+        self.noise = NoiseInjector(c.noise_mode, c.seed, model_device(model))
         self.step_count = 0
         self.history: list[RemovalEvent] = []
-        self.last_report: Optional[RemovalReport] = None
         self._penalty_scale = 0.0          # lambda used by penalty() since the last step()
         self._refresh_params()
         self.widths: dict[str, int] = {}
         self.dead_kept: dict[str, int] = {}
+        self.initial: dict[str, int] = {}  # units and forward FLOPs before any removal
 
     # ------------------------------------------------------------------ per step
     @property
     def lam(self) -> float:
         """Regulariser strength lambda_t at the current step."""
-        return self.reg_schedule(self.step_count)
+        return self.budget.lam if self.budget else self.reg_schedule(self.step_count)
 
     @property
     def sigma(self) -> float:
-        """Noise standard deviation sigma_t at the current step."""
+        """Noise standard deviation sigma_t at the current step (zero once a budget is met)."""
+        if self.budget:
+            return 0.0 if self.budget.met else self.config.noise_peak
         return self.noise_schedule(self.step_count)
 
     def penalty(self) -> torch.Tensor:
@@ -143,14 +187,14 @@ class DemonPruner:
             raise DempError(f"loss is {loss.item()} at step {self.step_count}: training diverged; "
                             "lower the learning rate or reg_peak (nothing was changed)")
         k = self.config.noise_every
-        if self.config.noise_peak > 0 and self.step_count % k == 0:
-            sigma = self.sigma * math.sqrt(k)
+        sigma = self.sigma
+        if sigma > 0 and self.step_count % k == 0:
             pen = None
             if self.config.noise_mode != "all" and self._penalty_scale > 0:
                 grads = regulariser.penalty_grad(self._reg_params, self.config.reg_form,
                                                  self._penalty_scale)
                 pen = dict(zip(self._reg_params, grads))
-            self.noise.apply(self._noise_params, sigma, pen)
+            self.noise.apply(self._noise_params, sigma * math.sqrt(k), pen)
         self._penalty_scale = 0.0
         report = None
         if self.step_count % self.config.prune_every == 0:
@@ -163,24 +207,58 @@ class DemonPruner:
         return self.prune() if self.config.final_prune else None
 
     # ------------------------------------------------------------------ removal
-    def _probe(self) -> Iterable[Any]:
-        if self.config.probe_batches is None:
-            return self.probe
-        return (b for _, b in zip(range(self.config.probe_batches), self.probe))
+    def _take(self, batches: Iterable[Any], limit: Optional[int]) -> Iterable[Any]:
+        return batches if limit is None else (b for _, b in zip(range(limit), batches))
 
     def scan(self) -> UnitScan:
-        """Dead check on the probe data (eval mode, mode restored)."""
-        return scan_units(self.model, self._probe(), self.config.quasi_eps)
+        """Dead check on the probe (eval mode; statistics re-estimated first when configured)."""
+        probe = self._take(self.probe, self.config.probe_batches)
+        if not self.config.recalibrate:
+            return scan_units(self.model, probe, self.config.quasi_eps)
+        with recalibrated(self.model, self._take(self.calibration, self.config.calib_batches)):
+            return scan_units(self.model, probe, self.config.quasi_eps)
+
+    def _flops(self) -> int:
+        x = self.example_inputs
+        return forward_flops(self.model, x) if isinstance(x, torch.Tensor) else 0
+
+    def _achieved(self, units: int) -> float:
+        """Fraction of the budget's measure removed so far."""
+        if self.config.target_units is not None:
+            return 1 - units / self.initial["units"]
+        return 1 - self._flops() / max(1, self.initial["flops"])
+
+    def _within_budget(self, scan: UnitScan, units: int) -> dict[str, torch.Tensor]:
+        """The dead masks, cut so that removal does not pass the budget (spread over sites)."""
+        room = self.budget.allowance(self._achieved(units))
+        if self.config.target_units is not None:
+            allowed = int(math.floor(room * self.initial["units"] + 1e-9))
+        else:  # FLOPs: assume each dead unit carries an average share of the current FLOPs
+            per_unit = self._flops() / max(1, units) / max(1, self.initial["flops"])
+            allowed = int(room / max(per_unit * 2, 1e-12))
+        if allowed >= scan.dead_units:
+            return scan.dead
+        share = allowed / scan.dead_units
+        out, left = {}, allowed
+        for name, mask in scan.dead.items():
+            idx = mask.nonzero().flatten()
+            n = min(left, math.floor(len(idx) * share + 0.5))
+            keep = torch.zeros_like(mask)
+            keep[idx[:n]] = True
+            out[name], left = keep, left - n
+        return out
 
     def prune(self) -> RemovalReport:
         """Dead check now, then remove the dead units from the model and the optimizer."""
         t0 = time.perf_counter()
         scan = self.scan()
         t1 = time.perf_counter()
-        units = scan.units
-        params = count_params(self.model)
-        if scan.dead_units:
-            report = remove_units(self.model, scan.dead, self.example_inputs, self.optimizer,
+        units, params = scan.units, count_params(self.model)
+        if not self.initial:
+            self.initial = {"units": units, "flops": self._flops() if self.config.target_flops else 0}
+        dead = self._within_budget(scan, units) if self.budget and scan.dead_units else scan.dead
+        if any(bool(m.any()) for m in dead.values()):
+            report = remove_units(self.model, dead, self.example_inputs, self.optimizer,
                                   min_units=self.config.min_units)
             self._refresh_params()
         else:
@@ -188,20 +266,27 @@ class DemonPruner:
         self.widths = {s.name: s.width for s in scan.sites}
         for name, rec in report.sites.items():
             self.widths[name] = rec.width_after
-        self.dead_kept = {n: r.kept_dead for n, r in report.sites.items() if r.kept_dead}
+        self.dead_kept = {n: int(scan.dead[n].sum()) - report.sites[n].removed if n in report.sites
+                          else int(scan.dead[n].sum()) for n in scan.dead}
+        self.dead_kept = {n: k for n, k in self.dead_kept.items() if k}
+        if self.budget:
+            self.budget.update(self.step_count, self._achieved(units - report.units_removed))
         self.history.append(RemovalEvent(
             step=self.step_count, dead_found=scan.dead_units, units_before=units,
             units_after=units - report.units_removed, params_before=params,
             params_after=count_params(self.model), check_s=t1 - t0,
             removal_s=time.perf_counter() - t1, widths=dict(self.widths),
-            quasi_dead={str(e): sum(c.values()) for e, c in scan.quasi_dead.items()}))
-        self.last_report = report
+            quasi_dead={str(e): sum(c.values()) for e, c in scan.quasi_dead.items()}, lam=self.lam))
         return report
 
     @property
     def live_units(self) -> dict[str, int]:
         """Units per site after the last check, not counting dead units that had to stay."""
         return {n: w - self.dead_kept.get(n, 0) for n, w in self.widths.items()}
+
+    def log_values(self) -> dict[str, float]:
+        """What a training loop logs each step: lambda and sigma."""
+        return {"lam": self.lam, "sigma": self.sigma}
 
     def _refresh_params(self) -> None:
         """Re-read parameter lists (surgery replaces the parameters it shrinks)."""
@@ -210,17 +295,18 @@ class DemonPruner:
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
-        """Everything needed to resume: step, noise generator, history, site widths."""
+        """Everything needed to resume: step, noise generator, history, widths, budget."""
         return {"step": self.step_count, "noise": self.noise.state_dict(),
                 "history": [asdict(e) for e in self.history], "widths": dict(self.widths),
                 "dead_kept": dict(self.dead_kept), "config": asdict(self.config),
-                "total_steps": self.total_steps}
+                "total_steps": self.total_steps, "initial": dict(self.initial),
+                "budget": self.budget.state_dict() if self.budget else None}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from state_dict(); the model must already have the pruned widths."""
         saved = state.get("config", {})
-        diff = sorted(k for k, v in saved.items()
-                      if k in asdict(self.config) and _norm(asdict(self.config)[k]) != _norm(v))
+        mine = asdict(self.config)
+        diff = sorted(k for k, v in saved.items() if k in mine and _norm(mine[k]) != _norm(v))
         if diff:
             raise DempError(f"pruner settings differ from the checkpoint in {diff}; resume with "
                             "the settings the run started with")
@@ -235,9 +321,11 @@ class DemonPruner:
         self.step_count = int(state["step"])
         self.noise.load_state_dict(state["noise"])
         self.history = [RemovalEvent(**e) for e in state["history"]]
-        self.widths = dict(state["widths"])
+        self.widths = widths
         self.dead_kept = dict(state.get("dead_kept", {}))
-        self.last_report = None
+        self.initial = dict(state.get("initial", {}))
+        if self.budget and state.get("budget"):
+            self.budget.load_state_dict(state["budget"])
 
 
 def _norm(v: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The sparsity penalty DemP adds to the task loss (spec section 3).
+"""The sparsity penalty DemP adds to the task loss (docs/method.md, "The regulariser").
 
 The published method uses ``l1`` on normalisation scales (BatchNorm/LayerNorm/GroupNorm
 weights); the other forms and the ``all_weights`` target serve the ablations.  Besides the

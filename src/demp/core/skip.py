@@ -1,4 +1,4 @@
-"""The residual skip path as a fixed 0/1 channel selection (spec section 5).
+"""The residual skip path as a fixed 0/1 channel selection (docs/method.md, "Structural removal").
 
 An identity shortcut ties the channels entering a residual block to the channels leaving
 it, so a dead unit could only be removed when it is dead everywhere in the residual stream.

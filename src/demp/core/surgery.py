@@ -1,4 +1,4 @@
-"""Physical removal of units, and of their optimizer state (spec section 5).
+"""Physical removal of units, and of their optimizer state (docs/method.md, "Structural removal").
 
 torch-pruning's dependency graph finds, for each ReLU site, the *group* of layers whose
 channels are tied to the site's units (the producing conv/linear and its norm layer, the

@@ -118,7 +118,7 @@ def _method_rank(method: str) -> tuple[int, str]:
 
 
 def row_key(row: Row) -> tuple:
-    """Sort key: method (dense first, then the spec's order), optimizer, knob, seed."""
+    """Sort key: method (dense first, then the paper's order), optimizer, knob, seed."""
     knob = row.get("knob")
     return (_method_rank(row.get("method")), row.get("optimizer") or "",
             -math.inf if knob is None else knob, row.get("seed") or 0, row.get("run", ""))
@@ -231,6 +231,30 @@ def matched_table(rows: Sequence[Row], points: Sequence[float] = (0.5, 0.8)) -> 
 
 
 # ----------------------------------------------------------------------------- markdown
+
+def format_summary(summary: dict) -> str:
+    """The end-of-run table: accuracy, units, parameters, FLOPs before/after, and wall time."""
+    def row(name: str, before: str, after: str, ratio: str = "") -> str:
+        return f"{name:<24}{before:>14}{after:>14}{ratio:>17}"
+
+    def flops(n: float) -> str:
+        return f"{n / 1e6:.2f} M" if n < 1e9 else f"{n / 1e9:.2f} G"
+
+    s = summary
+    lines = [f"{s['method']} on {s['dataset']}: {s['model']} (width {s['width']}), {s['optimizer']} "
+             f"lr {s['lr']}, {s['epochs']} epochs / {s['steps']} steps, knob {s['knob']}",
+             row("", "initial", "final", "final/initial"),
+             row("test accuracy", "-", f"{100 * s['test_acc']:.2f}%", f"(best {100 * s['best_acc']:.2f}%)"),
+             row("units", f"{s['units_initial']:,}", f"{s['units_final']:,}", f"{100 * s['units_remaining']:.1f}%"),
+             row("parameters", f"{s['params_initial']:,}", f"{s['params_final']:,}",
+                 f"{100 * s['params_remaining']:.1f}%"),
+             row("forward FLOPs/example", flops(s["fwd_flops_initial"]), flops(s["fwd_flops_final"]),
+                 f"{100 * s['fwd_flops_remaining']:.1f}%"),
+             f"training FLOPs {s['train_flops'] / 1e12:.3f} T; {s['prune_events']} removal events",
+             f"wall time {s['wall_s']:.1f} s training (dead checks and pruning included) "
+             f"+ {s['eval_s']:.1f} s evaluation"]
+    return "\n".join(lines)
+
 
 def _pct(v: Optional[float], digits: int = 1) -> str:
     return "n/a" if v is None else f"{100 * v:.{digits}f}"

@@ -23,11 +23,13 @@ folder)::
 
 Grid entry keys: ``method`` (a registered method), ``optim`` (a name or list; default
 ``[adamw]``), ``knob`` (list of values of the method's knob: ``method.reg_peak`` for demp,
-``method.target`` for the baselines, none for dense; the knob's own name, ``reg_peak`` or
-``target``, may be used instead of ``knob``) and ``set`` (overrides for this entry only).
+``method.target`` for the baselines, none for dense; the knob's own name may be used instead
+of ``knob``, and ``target`` for demp gives its units budget) and ``set`` (overrides for this
+entry only).  Sweep-wide ``method.*`` settings apply to the methods that have them.
 
-Overrides apply in this order: base file (or the optimizer's file), ``set``, the optimizer's
-overrides, the entry's ``set``, then method.name, the knob, seed and out.
+Overrides apply in this order: base file (or the optimizer's file), method.name (another
+method than the base file's starts from its own defaults), ``set``, the optimizer's
+overrides, the entry's ``set``, then the knob, seed and out.
 
 ``extra_seeds``: once the grid has run, for every method and optimizer the knob whose mean
 fraction of units removed (over ``seeds``) is nearest to each value of ``near_units_removed``
@@ -39,7 +41,7 @@ the sweep folder.  Finished runs (summary.json) are skipped; a run that failed e
 (error.txt) is skipped unless ``--retry-failed``; an interrupted run resumes from its checkpoint.
 A failing run writes its traceback to error.txt and the sweep goes on.  With ``--workers N > 1``
 every run is a fresh process using ``cpu_count // N`` torch threads.  At the end
-``demp.reporting.report`` aggregates the sweep folder (summary.csv, plots, report.md).
+``demp.experiments.reporting.report`` aggregates the sweep folder (summary.csv, plots, report.md).
 """
 from __future__ import annotations
 
@@ -58,20 +60,30 @@ from typing import Any, Callable, Optional, Sequence
 
 import yaml
 
-from demp.app.config import OPTIMIZERS, Config, available_methods, config_from_dict, config_to_dict, load_config
+from demp.app.config import (OPTIMIZERS, Config, available_methods, config_from_dict, config_to_dict, load_config,
+                             set_dotted)
+from demp.app.methods.base import method_class, setting_keys
+from demp.app.rundir import CHECKPOINT_NAME, ERROR_NAME, SUMMARY_NAME
 from demp.errors import DempError
 
 TOP_KEYS = ("name", "out", "base", "set", "optims", "grid", "seeds", "extra_seeds")
 ENTRY_KEYS = ("method", "optim", "knob", "reg_peak", "target", "set")
 EXTRA_KEYS = ("seeds", "near_units_removed")
-ERROR_NAME, SUMMARY_NAME, CHECKPOINT_NAME = "error.txt", "summary.json", "checkpoint.pt"
 
 
 # ----------------------------------------------------------------------------- schema
 
 def knob_field(method: str) -> Optional[str]:
-    """The MethodConfig field a method's knob sets (None: dense has no knob)."""
-    return {"dense": None, "demp": "reg_peak"}.get(method, "target")
+    """The setting a method's knob sets (None: dense has no knob)."""
+    return method_class(method).knob
+
+
+def knob_keys(method: str) -> tuple[str, ...]:
+    """Grid keys that may give the method's knob values: 'knob', its own name, and 'target'
+    where the method has one (DemP's units budget)."""
+    own = knob_field(method)
+    extra = ("target",) if "target" in setting_keys(method_class(method)) else ()
+    return tuple(dict.fromkeys(("knob", own, *extra))) if own else ()
 
 
 @dataclass
@@ -81,6 +93,7 @@ class GridEntry:
     optims: tuple[str, ...]
     knobs: tuple[Optional[float], ...]          # (None,) for dense
     set: dict[str, Any] = field(default_factory=dict)
+    knob_key: Optional[str] = None              # the method setting the knob values go to
 
 
 @dataclass
@@ -184,11 +197,11 @@ def _parse_entry(raw: Any, i: int, path: Path) -> GridEntry:
     for o in optims:
         if o not in OPTIMIZERS:
             raise _fail(path, f"{where}.optim", f"unknown optimizer {o!r}; valid: {', '.join(OPTIMIZERS)}")
-    knob_name = knob_field(method)
+    knob_name, allowed = knob_field(method), knob_keys(method)
     given = [k for k in ("knob", "reg_peak", "target") if k in raw]
-    wrong = [k for k in given if knob_name is None or k not in ("knob", knob_name)]
+    wrong = [k for k in given if k not in allowed]
     if wrong or len(given) > 1:
-        expected = f"'knob' or '{knob_name}'" if knob_name else "no knob"
+        expected = " or ".join(f"'{k}'" for k in allowed) if allowed else "no knob"
         raise _fail(path, where, f"got {', '.join(given)}; method {method} takes {expected}")
     if knob_name is None:
         knobs: tuple = (None,)
@@ -196,7 +209,8 @@ def _parse_entry(raw: Any, i: int, path: Path) -> GridEntry:
         raise _fail(path, where, f"needs 'knob': a list of method.{knob_name} values")
     else:
         knobs = _numbers(raw[given[0]], path, f"{where}.{given[0]}")
-    return GridEntry(method, optims, knobs, _overrides(raw.get("set"), path, f"{where}.set"))
+    key = None if knob_name is None else (knob_name if given[0] == "knob" else given[0])
+    return GridEntry(method, optims, knobs, _overrides(raw.get("set"), path, f"{where}.set"), key)
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -238,9 +252,16 @@ def load_sweep(path: str | Path) -> Sweep:
 
 # ----------------------------------------------------------------------------- planning
 
-def run_name(method: str, optim: str, knob: Optional[float], seed: int) -> str:
-    """The run's folder name: {method}-{optim}-{knob}-s{seed} (no knob for dense)."""
-    return "-".join([method, optim, *([f"{knob:g}"] if knob is not None else []), f"s{seed}"])
+def run_name(method: str, optim: str, knob: Optional[float], seed: int, tag: str = "") -> str:
+    """The run's folder name: {method}-{optim}-{tag}{knob}-s{seed} (no knob for dense).
+
+    ``tag`` is 't' when a knob other than the method's own is varied (DemP's ``target``).
+    """
+    return "-".join([method, optim, *([f"{tag}{knob:g}"] if knob is not None else []), f"s{seed}"])
+
+
+def entry_tag(entry: GridEntry) -> str:
+    return "t" if entry.knob_key not in (None, knob_field(entry.method)) else ""
 
 
 def plan_runs(sweep: Sweep, seeds: Optional[Sequence[int]] = None) -> list[PlannedRun]:
@@ -250,7 +271,7 @@ def plan_runs(sweep: Sweep, seeds: Optional[Sequence[int]] = None) -> list[Plann
         for optim in entry.optims:
             for knob in entry.knobs:
                 for seed in seeds if seeds is not None else sweep.seeds:
-                    run = PlannedRun(run_name(entry.method, optim, knob, seed), entry, optim, knob, seed)
+                    run = PlannedRun(run_name(entry.method, optim, knob, seed, entry_tag(entry)), entry, optim, knob, seed)
                     if run.name in seen:
                         raise _fail(sweep.path, f"grid[{i}]", f"run {run.name} is already planned by "
                                     f"grid[{seen[run.name]}]; each method/optimizer/knob/seed runs once")
@@ -260,34 +281,24 @@ def plan_runs(sweep: Sweep, seeds: Optional[Sequence[int]] = None) -> list[Plann
     return runs
 
 
-def _set_dotted(raw: dict, key: str, value: Any, where: str) -> None:
-    """raw[a][b][c] = value for key 'a.b.c'; an unknown section lists the valid ones."""
-    *parents, leaf = key.split(".")
-    node = raw
-    for i, part in enumerate(parents):
-        if not isinstance(node.get(part), dict):
-            section = ".".join(parents[:i]) or "the top level"
-            raise DempError(f"{where}: unknown section '{'.'.join(parents[:i + 1])}' in override "
-                            f"'{key}'; valid keys of {section}: {', '.join(node)}")
-        node = node[part]
-    node[leaf] = value
-
-
 def run_config(sweep: Sweep, run: PlannedRun, out: Optional[Path] = None) -> Config:
     """The run's validated Config: base file, sweep/optimizer/entry overrides, method, knob, seed."""
     optim = sweep.optims.get(run.optim, {})
     base = optim if isinstance(optim, Path) else sweep.base
     raw = config_to_dict(load_config(str(base)) if base else Config())
-    layers = [("set", sweep.set), (f"optims.{run.optim}", {} if isinstance(optim, Path) else optim),
+    set_dotted(raw, "method.name", run.entry.method, f"sweep file {sweep.path}")
+    own = set(setting_keys(method_class(run.entry.method)))
+    shared = {k: v for k, v in sweep.set.items()  # sweep-wide method settings: where the method has them
+              if not k.startswith("method.") or k.split(".", 1)[1] in own}
+    layers = [("set", shared), (f"optims.{run.optim}", {} if isinstance(optim, Path) else optim),
               (f"grid entry {run.entry.method}", run.entry.set)]
-    fixed = {"optim.name": run.optim, "method.name": run.entry.method, "seed": run.seed,
-             "out": str(out) if out else None}
+    fixed = {"optim.name": run.optim, "seed": run.seed, "out": str(out) if out else None}
     if run.knob is not None:
-        fixed[f"method.{knob_field(run.entry.method)}"] = run.knob
+        fixed[f"method.{run.entry.knob_key}"] = run.knob
     layers.append((f"run {run.name}", fixed))
     for where, overrides in layers:
         for key, value in overrides.items():
-            _set_dotted(raw, key, value, f"sweep file {sweep.path}, {where}")
+            set_dotted(raw, key, value, f"sweep file {sweep.path}, {where}")
     source = f"sweep file {sweep.path} (run {run.name})"
     try:
         return config_from_dict(raw, source).validate()
@@ -326,7 +337,7 @@ def plan_extra_seeds(sweep: Sweep, sweep_dir: Path) -> tuple[list[PlannedRun], l
                 continue
             for target in extra.near_units_removed:
                 chosen[(i, optim, min(removed, key=lambda k: abs(removed[k] - target)))] = None
-    runs = [PlannedRun(run_name(sweep.grid[i].method, optim, knob, seed), sweep.grid[i], optim, knob, seed)
+    runs = [PlannedRun(run_name(sweep.grid[i].method, optim, knob, seed, entry_tag(sweep.grid[i])), sweep.grid[i], optim, knob, seed)
             for (i, optim, knob) in chosen for seed in extra.seeds if seed not in sweep.seeds]
     return runs, notes
 
@@ -476,7 +487,7 @@ def run_sweep(path: str | Path, out: Optional[str] = None, workers: int = 1, dry
 
 def add_sweep_args(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``demp sweep``."""
-    parser.add_argument("sweep", metavar="SWEEP.yaml", help="sweep file (schema: python -m pydoc demp.sweep)")
+    parser.add_argument("sweep", metavar="SWEEP.yaml", help="sweep file (schema: python -m pydoc demp.experiments.sweep)")
     parser.add_argument("--workers", type=int, default=1,
                         help="runs at once, each in its own process with cpu_count/N threads (default 1)")
     parser.add_argument("--out", default=None, help="sweep folder (default: the file's out, else runs/sweeps/<name>)")

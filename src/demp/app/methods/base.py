@@ -1,51 +1,31 @@
-"""Training-time methods as small objects hooked into the training loop's events.
+"""Training methods as small objects hooked into the training loop's events.
 
-A method (dense, DemP, or a baseline) sees the loop through five calls, Lightning-callback
-style: ``setup`` before the first step, ``penalty`` added to each loss, ``after_step`` after
-each optimizer step, ``on_epoch_end`` and ``finish``.  Removal events return a
-RemovalReport so the loop can log them.  On resume the loop calls ``load_state_dict`` and
-then ``setup`` (with the model already at its pruned widths).
+A method (dense, DemP, or a baseline) owns a settings dataclass (``config_class``) and sees
+the loop through fixed hooks, called in this order, Lightning-callback style:
+
+1. ``setup(ctx)``: bind the model, optimizer and data (no change to the model);
+2. ``load_state_dict(state)``: only when resuming, with the model already at its pruned widths;
+3. ``on_train_start()``: before the first step of this session (SNAP-like methods prune here);
+4. per step ``penalty()`` (added to the loss) and ``after_step(step, loss)``;
+5. ``on_epoch_end(epoch)``, and ``finish()`` after the last step.
+
+Hooks that remove units return a RemovalReport so the loop can log them; ``log_values``
+gives what the loop logs each step.  ``MethodConfig`` pairs a method's name with an
+instance of its settings dataclass; the run config keeps them flat under ``method.``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterable, Optional
+import difflib
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, ClassVar, Iterable, Optional
 
 import torch
 import torch.nn as nn
 
-from demp.errors import DempError
-from demp.core.pruner import DemonPruner
 from demp.core.surgery import RemovalReport
+from demp.errors import DempError
 
-
-@dataclass
-class MethodConfig:
-    """Settings of every method; each method reads the ones it needs."""
-    name: str = "demp"
-    # DemP
-    reg_peak: float = 1e-3
-    noise_peak: float = 5e-5
-    prune_every: int = 1000
-    schedule: str = "one_cycle"
-    reg_span: float = 1.0           # fraction of training the schedules cover
-    reg_form: str = "l1"
-    reg_target: str = "norm_scales"
-    noise_mode: str = "live"
-    noise_every: int = 1
-    probe_size: int = 1536          # training images in each dead check
-    probe_batch: int = 512
-    quasi_eps: tuple[float, ...] = ()
-    min_units: int = 1
-    # baselines
-    target: float = 0.5             # fraction of units to remove
-    rounds: int = 5                 # pruning rounds for SNAP / CroP-it-S
-    score_batches: int = 4          # training batches for saliency scores
-    slimming_reg: float = 1e-4      # L1 on BN gamma for network slimming
-    prune_at: float = 0.5           # slimming: fraction of training at which to prune
-    prune_start: float = 0.1        # magnitude/random: cubic schedule start (fraction)
-    prune_end: float = 0.6          # magnitude/random: cubic schedule end (fraction)
-    prune_steps: int = 5            # magnitude/random: number of pruning events
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -56,23 +36,36 @@ class MethodContext:
     example_inputs: torch.Tensor
     probe: list[torch.Tensor]                        # un-augmented training images
     total_steps: int
-    steps_per_epoch: int
-    train_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]  # n -> n batches
+    train_batches: Callable[[int], list[Batch]]      # n -> n fixed augmented training batches
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     seed: int = 0
+
+
+@dataclass
+class DenseConfig:
+    """Dense training has no settings."""
+
+    def validate(self) -> "DenseConfig":
+        return self
 
 
 class Method:
     """Base method: dense training (no penalty, no removal)."""
 
-    name = "dense"
+    name: ClassVar[str] = "dense"
+    config_class: ClassVar[type] = DenseConfig
+    knob: ClassVar[Optional[str]] = None            # the setting a sweep varies
+    aliases: ClassVar[dict[str, str]] = {}          # extra key -> settings field
+    app_fields: ClassVar[tuple[str, ...]] = ()      # fields the app fills (not config keys)
 
-    def __init__(self, config: MethodConfig):
-        self.config = config
+    def __init__(self, config: Any = None):
+        self.config = (config if config is not None else self.config_class()).validate()
         self.ctx: Optional[MethodContext] = None
 
-    def setup(self, ctx: MethodContext) -> Optional[RemovalReport]:
+    def setup(self, ctx: MethodContext) -> None:
         self.ctx = ctx
+
+    def on_train_start(self) -> Optional[RemovalReport]:
         return None
 
     def penalty(self) -> torch.Tensor | float:
@@ -87,6 +80,13 @@ class Method:
     def finish(self) -> Optional[RemovalReport]:
         return None
 
+    def log_values(self) -> dict[str, Any]:
+        return {}
+
+    def knob_value(self) -> Optional[float]:
+        """The value of the method's knob (what a results table sorts runs by)."""
+        return getattr(self.config, self.knob) if self.knob else None
+
     def state_dict(self) -> dict:
         return {}
 
@@ -94,48 +94,7 @@ class Method:
         pass
 
 
-class DemPMethod(Method):
-    """Demon Pruning through DemonPruner."""
-
-    name = "demp"
-    _resume_state: Optional[dict] = None
-
-    def setup(self, ctx: MethodContext) -> Optional[RemovalReport]:
-        super().setup(ctx)
-        c = self.config
-        self.pruner = DemonPruner(
-            ctx.model, ctx.optimizer, ctx.example_inputs, total_steps=ctx.total_steps,
-            probe=ctx.probe, reg_peak=c.reg_peak, noise_peak=c.noise_peak,
-            prune_every=c.prune_every, schedule=c.schedule,
-            reg_span=max(1, round(c.reg_span * ctx.total_steps)), reg_form=c.reg_form,
-            reg_target=c.reg_target, noise_mode=c.noise_mode, noise_every=c.noise_every,
-            quasi_eps=tuple(c.quasi_eps), min_units=c.min_units, seed=ctx.seed)
-        if self._resume_state is not None:
-            self.pruner.load_state_dict(self._resume_state)
-            self._resume_state = None
-        return None
-
-    def penalty(self) -> torch.Tensor:
-        return self.pruner.penalty()
-
-    def after_step(self, step: int, loss: Optional[torch.Tensor] = None) -> Optional[RemovalReport]:
-        return self.pruner.step(loss)
-
-    def finish(self) -> Optional[RemovalReport]:
-        return self.pruner.finish()
-
-    def state_dict(self) -> dict:
-        return self.pruner.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore now if set up, else when ``setup`` builds the pruner (the resume order)."""
-        if hasattr(self, "pruner"):
-            self.pruner.load_state_dict(state)
-        else:
-            self._resume_state = state
-
-
-METHODS: dict[str, type[Method]] = {"dense": Method, "demp": DemPMethod}
+METHODS: dict[str, type[Method]] = {"dense": Method}
 
 
 def register_method(cls: type[Method]) -> type[Method]:
@@ -144,9 +103,94 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+def _load_all() -> None:
+    from demp.app.methods import baselines, demp  # noqa: F401  (register themselves)
+
+
+def canonical_name(name: str, valid: Iterable[str], what: str) -> str:
+    """The valid name ``name`` means, ignoring case, '-' and '_' ('Fashion-MNIST' is
+    'fashion_mnist'); an unknown name lists the valid ones and the closest."""
+    valid = list(valid)
+
+    def key(n: str) -> str:
+        return str(n).strip().lower().replace("-", "").replace("_", "")
+    found = [v for v in valid if key(v) == key(name)]
+    if found:
+        return found[0]
+    close = difflib.get_close_matches(str(name).lower().replace("-", "_"), valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise DempError(f"unknown {what} '{name}'{hint}; valid: {', '.join(valid)}")
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered method class called ``name``."""
+    _load_all()
+    return METHODS[canonical_name(name, sorted(METHODS), "method.name")]
+
+
+def setting_keys(cls: type[Method]) -> list[str]:
+    """The ``method.<key>`` names a method accepts."""
+    return [f.name for f in fields(cls.config_class) if f.name not in cls.app_fields] + list(cls.aliases)
+
+
+class MethodConfig:
+    """A method's name and its own settings (an instance of the method's ``config_class``).
+
+    ``MethodConfig("snap", target=0.5)``; attribute reads go to the settings
+    (``cfg.target``).  A key the method does not have is refused with its valid keys.
+    """
+
+    def __init__(self, name: str = "dense", settings: Any = None, **values: Any):
+        cls = method_class(name)
+        self.name = cls.name
+        if settings is None:
+            settings = cls.config_class()
+        self.settings = settings
+        self.update(values)
+
+    def update(self, values: dict[str, Any]) -> "MethodConfig":
+        """Set settings by key (aliases allowed); unknown keys are refused."""
+        cls = METHODS[self.name]
+        valid = setting_keys(cls)
+        for key, value in values.items():
+            if key not in valid:
+                raise DempError(f"method '{self.name}' has no setting '{key}' (method.{key}); its "
+                                f"settings: {', '.join(valid) or 'none'}")
+            setattr(self.settings, cls.aliases.get(key, key), value)
+        return self
+
+    def __getattr__(self, key: str) -> Any:
+        if key in ("settings", "name") or key.startswith("__"):
+            raise AttributeError(key)
+        cls = METHODS[self.name]
+        return getattr(self.settings, cls.aliases.get(key, key))
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, MethodConfig) and self.name == other.name
+                and self.settings == other.settings)
+
+    def __repr__(self) -> str:
+        return f"MethodConfig({self.name!r}, {self.settings!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{'name': ..., key: value, ...}`` as written under ``method:`` in config.yaml."""
+        cls = METHODS[self.name]
+        return {"name": self.name, **{k: v for k, v in asdict(self.settings).items()
+                                      if k not in cls.app_fields}}
+
+    def hints(self) -> dict[str, Any]:
+        """Type hints of the settings' fields (for parsing YAML values)."""
+        import typing
+        return typing.get_type_hints(type(self.settings))
+
+    def validate(self) -> "MethodConfig":
+        try:
+            self.settings.validate()
+        except DempError as e:
+            raise DempError(f"in the method settings (method.*): {e}") from None
+        return self
+
+
 def create_method(config: MethodConfig) -> Method:
-    """The method named by ``config.name``; unknown names list the valid ones."""
-    from demp.app.methods import baselines  # noqa: F401  (registers the baseline methods)
-    if config.name not in METHODS:
-        raise DempError(f"unknown method '{config.name}'; valid methods: {', '.join(sorted(METHODS))}")
-    return METHODS[config.name](config)
+    """The method named by ``config.name``, with its settings."""
+    return METHODS[config.name](config.settings)

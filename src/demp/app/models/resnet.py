@@ -1,6 +1,6 @@
 """ResNet-18 (CIFAR stem) and ResNet-50 with skip paths that prune independently.
 
-An identity shortcut is a ``ChannelSelect`` (a fixed 0/1 selection, spec section 5), so the
+An identity shortcut is a ``ChannelSelect`` (a fixed 0/1 selection, docs/method.md "Structural removal"), so the
 channels entering a block and the channels leaving it (after the addition and ``relu_out``)
 lose units independently. Shape changes use a 1x1 conv + BN projection.
 """
@@ -122,7 +122,7 @@ class ResNet(nn.Module):
         self.flatten = nn.Flatten()
         self.head = nn.Linear(prev, num_classes)
         init_weights(self)
-        if block is Bottleneck:  # each block starts as its shortcut (spec: zero last-BN gamma)
+        if block is Bottleneck:  # each block starts as its shortcut (as in the paper: zero last-BN gamma)
             for m in self.modules():
                 if isinstance(m, Bottleneck):
                     nn.init.zeros_(m.bn3.weight)

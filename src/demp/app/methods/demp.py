@@ -1,0 +1,51 @@
+"""Demon Pruning as a training method: a DemonPruner driven by the loop's hooks."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Optional
+
+import torch
+
+from demp.app.methods.base import Method, MethodContext, register_method
+from demp.core.pruner import DemonPruner, DemPConfig
+from demp.core.surgery import RemovalReport
+
+
+@register_method
+class DemPMethod(Method):
+    """Demon Pruning through DemonPruner; ``method.target`` is ``target_units``."""
+
+    name = "demp"
+    config_class = DemPConfig
+    knob = "reg_peak"
+    aliases = {"target": "target_units"}
+    app_fields = ("seed",)
+
+    def setup(self, ctx: MethodContext) -> None:
+        super().setup(ctx)
+        calibration = ctx.train_batches(self.config.calib_batches or 8) if self.config.recalibrate else None
+        self.pruner = DemonPruner(ctx.model, ctx.optimizer, ctx.example_inputs, ctx.total_steps,
+                                  ctx.probe, calibration=calibration,
+                                  config=replace(self.config, seed=ctx.seed))
+
+    def penalty(self) -> torch.Tensor:
+        return self.pruner.penalty()
+
+    def after_step(self, step: int, loss: Optional[torch.Tensor] = None) -> Optional[RemovalReport]:
+        return self.pruner.step(loss)
+
+    def finish(self) -> Optional[RemovalReport]:
+        return self.pruner.finish()
+
+    def log_values(self) -> dict[str, Any]:
+        return self.pruner.log_values()
+
+    def knob_value(self) -> Optional[float]:
+        c = self.config
+        return c.target_units or c.target_flops or c.reg_peak
+
+    def state_dict(self) -> dict:
+        return self.pruner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pruner.load_state_dict(state)

@@ -1,0 +1,73 @@
+"""The budget controller: chooses lambda at each dead check so that removal follows a plan.
+
+Death is a cliff, not a slope: with a fixed lambda peak most units die within a few hundred
+steps, and nobody knows in advance which peak removes half of the units.  Instead of a
+guessed peak, DemP can be given a budget (a fraction of units to remove, or a fraction of
+forward FLOPs to keep) and a time ``by_step`` to reach it.  The rule, applied at every check:
+
+- the plan is linear: ``planned(t) = target * min(1, t / by_step)``;
+- ``gap = planned(t) - achieved`` (fractions of the budget measure);
+- behind the plan (gap > 0): lambda grows by ``exp(gain * gap / target)``, at most x``max_up``;
+- ahead of it (gap < 0): lambda shrinks by the same rule, but gently (at most /``max_down``),
+  so deaths slow while the plan catches up without losing the pressure that later deaths
+  need; lambda stays within [``floor``, ``ceiling``] times its start (past some strength a
+  larger lambda kills nothing more: scales already at zero leave units constant, not dead);
+- once the budget is met lambda (and noise) go to zero for good, so the survivors recover, and
+  the pruner removes no more than the budget allows (dead units beyond it stay, inert).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from demp.errors import DempError
+
+
+@dataclass
+class BudgetController:
+    """Lambda from the gap between the planned and the achieved fraction removed."""
+    target: float            # fraction of the measure to remove (units, or forward FLOPs)
+    by_step: int             # step at which the plan reaches the target
+    lam: float               # current lambda (the start value is the user's reg_peak)
+    gain: float = 4.0
+    max_up: float = 2.0
+    max_down: float = 1.25
+    floor: float = 0.1
+    ceiling: float = 1e3
+    start_lam: float = 0.0
+    met: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target < 1:
+            raise DempError(f"the budget must be a fraction in (0, 1), got {self.target}")
+        if self.by_step < 1:
+            raise DempError(f"the budget's by_step must be >= 1, got {self.by_step}")
+        if self.lam <= 0:
+            raise DempError(f"a budget needs a starting lambda > 0 (reg_peak), got {self.lam}")
+        self.start_lam = self.start_lam or self.lam
+
+    def planned(self, step: int) -> float:
+        """Fraction the plan wants removed by ``step``."""
+        return self.target * min(1.0, step / self.by_step)
+
+    def update(self, step: int, achieved: float) -> float:
+        """New lambda after a check at ``step`` that found ``achieved`` of the measure removed."""
+        if self.met or achieved >= self.target - 1e-9:
+            self.met, self.lam = True, 0.0
+            return self.lam
+        gap = self.planned(step) - achieved
+        factor = math.exp(self.gain * gap / self.target)
+        factor = min(self.max_up, max(1 / self.max_down, factor))
+        self.lam = min(self.start_lam * self.ceiling, max(self.start_lam * self.floor, self.lam * factor))
+        return self.lam
+
+    def allowance(self, achieved: float) -> float:
+        """Fraction of the measure that may still go without passing the budget."""
+        return max(0.0, self.target - achieved)
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)

@@ -1,0 +1,90 @@
+"""The budget controller on synthetic death curves, and budgeted DemP on real data."""
+import math
+
+import pytest
+import torch
+
+from demp import DempError
+from demp.core.budget import BudgetController
+
+
+def simulate(curve, target=0.5, by_step=3000, every=100, steps=10000, lam0=1e-3):
+    """Checks every ``every`` steps; deaths are absorbing and capped at the target (as the
+    pruner caps removal).  Returns the controller and the (step, achieved, lambda) path."""
+    c = BudgetController(target, by_step, lam0)
+    achieved, path = 0.0, []
+    for step in range(0, steps + 1, every):
+        achieved = max(achieved, min(curve(c.lam), target))
+        c.update(step, achieved)
+        path.append((step, achieved, c.lam))
+    return c, path
+
+
+def cliff(lam_c: float, width: float = 0.15, top: float = 0.95):
+    """Fraction dead as a steep function of lambda (a sigmoid in log lambda)."""
+    return lambda lam: 0.0 if lam <= 0 else top / (1 + math.exp(-(math.log(lam) - math.log(lam_c)) / width))
+
+
+@pytest.mark.parametrize("lam_c", [3e-3, 3e-2, 3e-1])
+@pytest.mark.parametrize("target", [0.5, 0.8])
+def test_reaches_the_target_without_knowing_lambda(lam_c, target):
+    c, path = simulate(cliff(lam_c), target=target)
+    assert max(lam for _, _, lam in path) <= 1e-3 * c.ceiling
+    met_at = next(step for step, a, _ in path if a >= target - 1e-9)
+    assert c.met and c.lam == 0.0
+    assert met_at <= 1.5 * 3000                       # close to the planned time
+    assert all(lam == 0.0 for step, _, lam in path if step >= met_at)   # stops pushing
+
+
+def test_deaths_follow_the_plan_on_a_gradual_curve():
+    """Where death responds gradually to lambda, removal tracks the linear plan."""
+    c, path = simulate(lambda lam: min(0.95, 20 * lam), target=0.6, lam0=1e-3)
+    mid = [a for step, a, _ in path if 1000 <= step <= 2500]
+    planned = [c.planned(step) for step, _, _ in path if 1000 <= step <= 2500]
+    assert max(abs(a - p) for a, p in zip(mid, planned)) < 0.12
+
+
+def test_ahead_of_plan_lowers_lambda_and_behind_raises_it():
+    c = BudgetController(0.5, 1000, 1e-2)
+    assert c.update(100, achieved=0.3) < 1e-2          # planned 0.05: far ahead
+    lam = c.lam
+    assert c.update(900, achieved=0.3) > lam           # planned 0.45: behind
+    assert c.update(950, achieved=0.5) == 0.0 and c.met
+    assert c.update(2000, achieved=0.5) == 0.0         # met for good
+    assert c.allowance(0.45) == pytest.approx(0.05) and c.allowance(0.6) == 0.0
+
+
+def test_state_round_trip_and_bad_settings():
+    c = BudgetController(0.5, 1000, 1e-2)
+    c.update(500, 0.1)
+    twin = BudgetController(0.5, 1000, 1e-2)
+    twin.load_state_dict(c.state_dict())
+    assert twin == c
+    for args, match in [((0.0, 10, 1.0), "fraction"), ((0.5, 0, 1.0), "by_step"), ((0.5, 10, 0.0), "lambda")]:
+        with pytest.raises(DempError, match=match):
+            BudgetController(*args)
+
+
+# ----------------------------------------------------------------------------- on real data
+
+sklearn = pytest.importorskip("sklearn.datasets")
+
+
+def test_budgeted_demp_meets_its_units_target():
+    target = 0.3
+    """No lambda to guess: the final network has target +- 3 points of its units removed, never more."""
+    import demp
+    from test_pruner import STEPS, make_net, train
+    d = sklearn.load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target)
+    model = make_net()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=5e-4)
+    pruner = demp.DemonPruner(model, opt, x[:2], total_steps=STEPS, probe=[x[:512]], reg_peak=1e-3,
+                              prune_every=10, target_units=target, target_by=0.5)
+    units0 = sum(s.width for s in demp.list_sites(model, x[:2]))
+    train(model, opt, pruner, x, y, 0, STEPS)
+    pruner.finish()
+    removed = 1 - sum(s.width for s in demp.list_sites(model, x[:2])) / units0
+    assert target - 0.03 <= removed <= target + 1e-9, removed
+    assert pruner.budget.met and pruner.lam == 0.0 and pruner.sigma == 0.0
