@@ -10,24 +10,19 @@ goes through one recorded function, which slices the optimizer state the same wa
 """
 from __future__ import annotations
 
-import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
-from torch_pruning import ops as tp_ops
-from torch_pruning.pruner import function as tp_fn
 
+from demp.core import tp_compat
 from demp.core.detection import SiteTracer, call_model, check_device
-from demp.core.utils import count_params, eval_mode
-from demp.errors import DempError
 from demp.core.skip import ChannelSelect, ChannelSelectPruner
-
-Slicer = Callable[[torch.Tensor], torch.Tensor]
+from demp.core.tp_compat import GroupItem, Slicer, node_kind, op_name
+from demp.core.utils import count_params
+from demp.errors import DempError
 
 _ZERO_PRESERVING = frozenset({"relu", "hardtanh", "mean", "view", "reshapealias", "unsafeview",
                               "permute", "transpose", "clone", "tocopy", "expand", "squeeze",
@@ -72,69 +67,6 @@ class RemovalReport:
 
 
 
-# ----------------------------------------------------------------------------- recording
-
-def _select(dim: int, keep: torch.Tensor) -> Slicer:
-    return lambda t: t.index_select(dim, keep.to(t.device))
-
-
-def _grouped_in_slicer(layer: nn.Conv2d, idxs: Sequence[int]) -> tuple[Slicer, int]:
-    """Input-column removal for a grouped (non-depthwise) conv: each group keeps its own columns."""
-    g = layer.groups
-    per = layer.in_channels // g
-    removed = set(idxs)
-    local = [[c - j * per for c in range(j * per, (j + 1) * per) if c not in removed] for j in range(g)]
-    if len({len(k) for k in local}) != 1:
-        raise DempError(f"grouped conv {layer}: removal must take the same number of input "
-                        "channels from every group")
-    rows_per = layer.out_channels // g
-    index = torch.tensor([local[r // rows_per] for r in range(layer.out_channels)], dtype=torch.long)
-
-    def slicer(t: torch.Tensor) -> torch.Tensor:
-        idx = index.to(t.device).view(t.shape[0], -1, *([1] * (t.dim() - 2))).expand(
-            -1, -1, *t.shape[2:])
-        return torch.gather(t, 1, idx)
-    return slicer, len(local[0]) * g
-
-
-@contextmanager
-def _recording(on_replace: Callable[[nn.Parameter, nn.Parameter, Slicer], None]) -> Iterator[None]:
-    """Route every torch-pruning parameter replacement through ``on_replace``.
-
-    Also keeps ``requires_grad`` of frozen parameters and prunes grouped convs' input
-    columns group by group (torch-pruning 1.6.1 does neither).
-    """
-    base, conv = tp_fn.BasePruningFunc, tp_fn.ConvPruner
-    orig_param, orig_conv_in = base._prune_parameter_and_grad, conv.prune_in_channels
-
-    def replace(old: nn.Parameter, slicer: Slicer) -> nn.Parameter:
-        new = nn.Parameter(slicer(old.detach()).contiguous(), requires_grad=old.requires_grad)
-        if old.grad is not None:
-            new.grad = slicer(old.grad).contiguous()
-        on_replace(old, new, slicer)
-        return new
-
-    def prune_param(self, weight, keep_idxs, dim):
-        keep = torch.as_tensor(list(keep_idxs), dtype=torch.long, device=weight.device)
-        return replace(weight, _select(dim, keep))
-
-    def prune_conv_in(self, layer, idxs):
-        if layer.groups == 1 or layer.transposed:
-            return orig_conv_in(self, layer, idxs)
-        slicer, new_in = _grouped_in_slicer(layer, idxs)
-        layer.weight = replace(layer.weight, slicer)
-        layer.in_channels = new_in
-        return layer
-
-    base._prune_parameter_and_grad = prune_param
-    conv.prune_in_channels = prune_conv_in
-    try:
-        yield
-    finally:
-        base._prune_parameter_and_grad = orig_param
-        conv.prune_in_channels = orig_conv_in
-
-
 # ----------------------------------------------------------------------------- optimizer
 
 def check_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
@@ -168,37 +100,24 @@ def move_optimizer_state(optimizer: torch.optim.Optimizer, old: nn.Parameter,
 # ----------------------------------------------------------------------------- the graph
 
 @dataclass
-class _Item:
-    node: Any
-    fn: Any
-    idxs: list[int]
-    root_idxs: list[int]
-
-
-@dataclass
 class _Group:
     """One torch-pruning group rooted at a site, with the analysis of what may go."""
     root_site: str
     root_width: int
-    items: list[_Item]
-    sites: dict[str, _Item]            # sites in the group -> their item
+    items: list[GroupItem]
+    sites: dict[str, GroupItem]            # sites in the group -> their item
     removable: torch.Tensor = None     # BoolTensor over root channels
     allowed: torch.Tensor = None       # removable before width/group constraints
     blocked: str = ""                  # reason the whole group is kept
 
 
-def _op_name(node: Any) -> str:
-    """Autograd op name without the 'Backward0' suffix, e.g. 'relu', 'add', 'maxpool2dwithindices'."""
-    return re.sub(r"backward\d*$", "", str(node.module._grad_fn).lower())
-
-
 def _zero_preserving(node: Any) -> bool:
-    if isinstance(node.module, (tp_ops._ConcatOp, tp_ops._SplitOp, tp_ops._ReshapeOp,
-                                tp_ops._ExpandOp)):
+    kind = node_kind(node)
+    if kind in ("concat", "split", "reshape", "expand"):
         return True
-    if not isinstance(node.module, tp_ops._ElementWiseOp):
+    if kind != "elementwise":
         return False
-    name = _op_name(node)
+    name = op_name(node)
     return name in _ZERO_PRESERVING or name.startswith(_ZERO_PRESERVING_PREFIXES)
 
 
@@ -208,7 +127,7 @@ _LINEAR_INTERNAL = frozenset({"addmm", "mm", "bmm", "matmul"})
 
 def _linear_internal(node: Any) -> bool:
     """An autograd matmul that only feeds Linear layers: part of the layer, not a data op."""
-    return (isinstance(node.module, tp_ops._ElementWiseOp) and _op_name(node) in _LINEAR_INTERNAL
+    return (node_kind(node) == "elementwise" and op_name(node) in _LINEAR_INTERNAL
             and bool(node.outputs) and all(isinstance(o.module, nn.Linear) for o in node.outputs))
 
 
@@ -217,26 +136,27 @@ def _data_inputs(node: Any) -> list[Any]:
     out = []
     for inp in node.inputs:
         if _linear_internal(inp):
-            out.extend(i for i in inp.inputs if i.inputs or not isinstance(i.module, tp_ops._ElementWiseOp))
+            out.extend(i for i in inp.inputs if i.inputs or node_kind(i) != "elementwise")
         else:
             out.append(inp)
     return out
 
 
-def _is_consumer(dg: tp.DependencyGraph, item: _Item) -> bool:
+def _is_consumer(dg: Any, item: GroupItem) -> bool:
     """A layer that mixes the group's channels into others: its input must see zeros."""
     m = item.node.module
-    if not dg.is_in_channel_pruning_fn(item.fn):
+    if not tp_compat.is_in_channel_fn(dg, item.handler):
         return False
     if isinstance(m, nn.modules.conv._ConvNd):
-        return tp_ops.module2type(m) != tp_ops.OPTYPE.DEPTHWISE_CONV
+        return not tp_compat.is_depthwise(m)
     return isinstance(m, (nn.Linear, ChannelSelect))
 
 
-def _blocking_member(item: _Item, exact: bool) -> str:
+def _blocking_member(item: GroupItem, exact: bool) -> str:
     """Why a group member forbids any removal in the group ('' when it does not)."""
     m = item.node.module
-    if isinstance(m, tp_ops._OutputOp):
+    kind = node_kind(item.node)
+    if kind == "output":
         return "its channels reach the model output"
     if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups == m.out_channels != m.in_channels:
         return "a grouped conv with one output per group (torch-pruning would treat it as depthwise)"
@@ -245,17 +165,16 @@ def _blocking_member(item: _Item, exact: bool) -> str:
         return ""
     if isinstance(m, nn.LayerNorm):
         return "" if not exact else "a LayerNorm normalises over its channels (not exact)"
-    if isinstance(m, (tp_ops._ConcatOp, tp_ops._SplitOp, tp_ops._ReshapeOp, tp_ops._SliceOp,
-                      tp_ops._ExpandOp)):
+    if kind in ("concat", "split", "reshape", "slice", "expand"):
         return ""
-    if isinstance(m, tp_ops._ElementWiseOp) and (
+    if kind == "elementwise" and (
             not item.node.inputs  # an op on a weight (e.g. Linear's transpose), not on data
-            or _linear_internal(item.node) or _op_name(item.node) in _CHANNELWISE or _zero_preserving(item.node)):
+            or _linear_internal(item.node) or op_name(item.node) in _CHANNELWISE or _zero_preserving(item.node)):
         return ""
     return f"unsupported operation {item.node.module!r} is tied to its channels"
 
 
-def _map_to_root(item: _Item, values: torch.Tensor, width: int) -> torch.Tensor:
+def _map_to_root(item: GroupItem, values: torch.Tensor, width: int) -> torch.Tensor:
     """Bool over root channels: AND of ``values[idx]`` over the idxs each root channel maps to."""
     out = torch.ones(width, dtype=torch.bool)
     covered = torch.zeros(width, dtype=torch.bool)
@@ -269,7 +188,7 @@ def _map_to_root(item: _Item, values: torch.Tensor, width: int) -> torch.Tensor:
 class _Analysis:
     """Decides, group by group, which root channels may be removed."""
 
-    def __init__(self, dg: tp.DependencyGraph, site_nodes: dict[str, Any],
+    def __init__(self, dg: Any, site_nodes: dict[str, Any],
                  masks: dict[str, torch.Tensor], exact: bool, min_units: int):
         self.dg, self.site_nodes, self.masks = dg, site_nodes, masks
         self.node_site = {node: name for name, node in site_nodes.items()}
@@ -280,9 +199,7 @@ class _Analysis:
         """The group of the site's ``channels`` (root indices stay the site's own numbering)."""
         node = self.site_nodes[name]
         width = self.masks[name].numel()
-        pruner = self.dg.get_pruner_of_module(node.module)
-        tg = self.dg.get_pruning_group(node.module, pruner.prune_out_channels, channels)
-        items = [_Item(it.dep.target, it.dep.handler, list(it.idxs), list(it.root_idxs)) for it in tg]
+        items = tp_compat.pruning_group(self.dg, node.module, channels)
         sites = {self.node_site[it.node]: it for it in items if it.node in self.node_site}
         g = _Group(name, width, items, sites)
         self._decide(g)
@@ -357,15 +274,15 @@ class _Analysis:
                 break
         return removable
 
-    def _constrain_item(self, it: _Item, removable: torch.Tensor) -> torch.Tensor:
+    def _constrain_item(self, it: GroupItem, removable: torch.Tensor) -> torch.Tensor:
         m = it.node.module
         idx = torch.as_tensor(it.idxs, dtype=torch.long)
         root = torch.as_tensor(it.root_idxs, dtype=torch.long)
         local = removable[root]  # per mapped channel of this member
         name = self.node_site.get(it.node)
-        if name is not None or (self.dg.is_out_channel_pruning_fn(it.fn)
+        if name is not None or (not tp_compat.is_in_channel_fn(self.dg, it.handler)
                                 and isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))):
-            width = self.masks[name].numel() if name is not None else self.dg.get_out_channels(m)
+            width = self.masks[name].numel() if name is not None else tp_compat.out_channels(self.dg, m)
             floor = self.min_units if name is not None else 1
             gone = torch.unique(idx[local])
             excess = gone.numel() + self.already.get(name, 0) - (width - floor)
@@ -381,13 +298,13 @@ class _Analysis:
             if partial.any():
                 removable[root[partial]] = False
         if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups \
-                and tp_ops.module2type(m) != tp_ops.OPTYPE.DEPTHWISE_CONV:
-            size = m.in_channels if self.dg.is_in_channel_pruning_fn(it.fn) else m.out_channels
+                and not tp_compat.is_depthwise(m):
+            size = m.in_channels if tp_compat.is_in_channel_fn(self.dg, it.handler) else m.out_channels
             per = size // m.groups
             counts = torch.zeros(m.groups, dtype=torch.long).scatter_add_(
                 0, idx // per, local.long())
             # an output side keeps 2 per group: at 1, torch-pruning takes the conv for depthwise
-            keep = 2 if not self.dg.is_in_channel_pruning_fn(it.fn) and m.in_channels > m.groups else 1
+            keep = 2 if not tp_compat.is_in_channel_fn(self.dg, it.handler) and m.in_channels > m.groups else 1
             quota = max(0, min(int(counts.min()), per - keep))
             taken = torch.zeros(m.groups, dtype=torch.long)
             for k in range(len(idx)):
@@ -402,7 +319,7 @@ class _Analysis:
 
 # ----------------------------------------------------------------------------- entry point
 
-def build_graph(model: nn.Module, example_inputs: Any) -> tuple[tp.DependencyGraph, dict[str, Any], dict[str, int]]:
+def build_graph(model: nn.Module, example_inputs: Any) -> tuple[Any, dict[str, Any], dict[str, int]]:
     """Trace the model once: its dependency graph, each site's graph node, and site widths."""
     grad_fns: list[Any] = []
     widths: list[int] = []
@@ -417,10 +334,8 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tuple[tp.DependencyGra
         with tracer:
             return call_model(m, x)
 
-    with eval_mode(model), torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_inputs, forward_fn=forward,
-            customized_pruners={ChannelSelect: ChannelSelectPruner()}, verbose=False)
+    dg = tp_compat.build_dependency(model, example_inputs, forward,
+                                    {ChannelSelect: ChannelSelectPruner()})
     names = tracer.names()
     by_grad_fn = {node.grad_fn: node for node in dg.module2node.values()}
     nodes = {n: by_grad_fn[g] for n, g in zip(names, grad_fns) if g is not None and g in by_grad_fn}
@@ -493,12 +408,11 @@ def _add_reason(rec: SiteRemoval, reason: str, count: int) -> None:
         rec.reasons[reason] = rec.reasons.get(reason, 0) + count
 
 
-def _prune(dg: tp.DependencyGraph, root: Any, g: _Group, gone: list[int]) -> None:
+def _prune(dg: Any, root: nn.Module, g: _Group, gone: list[int]) -> None:
     """Prune one group's channels; GroupNorms keep their channels-per-group."""
     per_group = {it.node.module: it.node.module.num_channels // it.node.module.num_groups
                  for it in g.items if isinstance(it.node.module, nn.GroupNorm)}
-    pruner = dg.get_pruner_of_module(root)
-    dg.get_pruning_group(root, pruner.prune_out_channels, gone).prune(record_history=False)
+    tp_compat.prune_out_channels(dg, root, gone)
     for gn, per in per_group.items():
         gn.num_groups = gn.num_channels // per
 
@@ -527,7 +441,7 @@ def remove_units(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
             move_optimizer_state(optimizer, old, new, slicer)
 
     # one recording context for tracing and pruning: the graph binds the patched handlers
-    with _recording(on_replace):
+    with tp_compat.recording(on_replace):
         dg, site_nodes, widths = build_graph(model, example_inputs)
         if not widths:
             raise DempError(f"{type(model).__name__} has no ReLU site (nn.ReLU, F.relu, torch.relu)")
