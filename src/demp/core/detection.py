@@ -158,18 +158,33 @@ def batch_input(batch: Any) -> Any:
     return batch
 
 
+def check_inputs(x: Any, what: str = "input") -> None:
+    """Refuse input containers the model cannot be called with unambiguously."""
+    if isinstance(x, list):
+        raise DempError(f"{what} is a list; give a tensor, a tuple of positional inputs "
+                        "(model(*inputs)) or a dict of keyword inputs (model(**inputs))")
+
+
+def _input_tensors(x: Any) -> list[Any]:
+    """The top-level items of an input: a tensor, a tuple's items or a dict's values."""
+    if isinstance(x, dict):
+        return list(x.values())
+    return list(x) if isinstance(x, (tuple, list)) else [x]
+
+
 def check_device(model: nn.Module, x: Any, what: str = "input") -> None:
     """Raise a clear error when tensor input ``x`` is on another device than the model."""
     dev = model_device(model)
-    tensors = x if isinstance(x, (tuple, list)) else [x]
-    for t in tensors:
+    for t in _input_tensors(x):
         if isinstance(t, torch.Tensor) and t.device != dev:
             raise DempError(f"{what} is on {t.device} but the model is on {dev}; "
                             f"move it with .to('{dev}') first")
 
 
 def call_model(model: nn.Module, x: Any) -> Any:
-    """Run the model on an input tensor or a tuple of positional inputs."""
+    """Run the model on an input tensor, a tuple of positional inputs or a dict of keyword inputs."""
+    if isinstance(x, dict):
+        return model(**x)
     return model(*x) if isinstance(x, tuple) else model(x)
 
 
@@ -247,5 +262,10 @@ def find_dead_units(model: nn.Module, batches: Iterable[Any]) -> dict[str, torch
 
 
 def list_sites(model: nn.Module, example_inputs: Any) -> list[Site]:
-    """The model's ReLU sites in call order, found with one eval-mode forward pass."""
-    return scan_units(model, [example_inputs]).sites
+    """The model's ReLU sites in call order, found with one eval-mode forward pass.
+
+    ``example_inputs`` is passed as ``remove_units`` passes it: a tuple holds several
+    positional inputs (not an (input, target) batch).
+    """
+    check_inputs(example_inputs, "example_inputs")
+    return scan_units(model, [(example_inputs,)]).sites

@@ -16,12 +16,14 @@ from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 from demp.core import tp_compat
-from demp.core.detection import SiteTracer, call_model, check_device
+from demp.core.detection import SiteTracer, call_model, check_device, check_inputs, list_sites
 from demp.core.skip import ChannelSelect, ChannelSelectPruner
 from demp.core.tp_compat import GroupItem, Slicer, node_kind, op_name
-from demp.core.utils import count_params
+from demp.core.utils import count_params, eval_mode, kept_buffers, kept_modes, model_device
+from demp.core.verify import Snapshot, compare_outputs, flatten_outputs
 from demp.errors import DempError
 
 _ZERO_PRESERVING = frozenset({"relu", "hardtanh", "mean", "view", "reshapealias", "unsafeview",
@@ -152,10 +154,12 @@ def _is_consumer(dg: Any, item: GroupItem) -> bool:
     return isinstance(m, (nn.Linear, ChannelSelect))
 
 
-def _blocking_member(item: GroupItem, exact: bool) -> str:
+def _blocking_member(item: GroupItem, exact: bool, shared: set[int]) -> str:
     """Why a group member forbids any removal in the group ('' when it does not)."""
     m = item.node.module
     kind = node_kind(item.node)
+    if isinstance(m, nn.Module) and any(id(p) in shared for p in m._parameters.values()):
+        return f"{type(m).__name__} shares its weight with another layer (tied parameters)"
     if kind == "output":
         return "its channels reach the model output"
     if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups == m.out_channels != m.in_channels:
@@ -189,8 +193,8 @@ class _Analysis:
     """Decides, group by group, which root channels may be removed."""
 
     def __init__(self, dg: Any, site_nodes: dict[str, Any],
-                 masks: dict[str, torch.Tensor], exact: bool, min_units: int):
-        self.dg, self.site_nodes, self.masks = dg, site_nodes, masks
+                 masks: dict[str, torch.Tensor], exact: bool, min_units: int, shared: set[int]):
+        self.dg, self.site_nodes, self.masks, self.shared = dg, site_nodes, masks, shared
         self.node_site = {node: name for name, node in site_nodes.items()}
         self.exact, self.min_units = exact, min_units
         self.already = {name: 0 for name in masks}  # units planned away by earlier groups
@@ -207,7 +211,7 @@ class _Analysis:
 
     def _decide(self, g: _Group) -> None:
         for it in g.items:
-            reason = _blocking_member(it, self.exact)
+            reason = _blocking_member(it, self.exact, self.shared)
             if reason:
                 g.blocked, g.removable = reason, torch.zeros(g.root_width, dtype=torch.bool)
                 g.allowed = g.removable
@@ -319,8 +323,12 @@ class _Analysis:
 
 # ----------------------------------------------------------------------------- entry point
 
-def build_graph(model: nn.Module, example_inputs: Any) -> tuple[Any, dict[str, Any], dict[str, int]]:
-    """Trace the model once: its dependency graph, each site's graph node, and site widths."""
+def build_graph(model: nn.Module, example_inputs: Any, pruners: Optional[Mapping[Any, Any]] = None
+                ) -> tuple[Any, dict[str, Any], dict[str, int]]:
+    """Trace the model once: its dependency graph, each site's graph node, and site widths.
+
+    ``pruners`` adds torch-pruning pruners for layer types (or instances) it cannot see into.
+    """
     grad_fns: list[Any] = []
     widths: list[int] = []
 
@@ -334,8 +342,15 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tuple[Any, dict[str, A
         with tracer:
             return call_model(m, x)
 
-    dg = tp_compat.build_dependency(model, example_inputs, forward,
-                                    {ChannelSelect: ChannelSelectPruner()})
+    try:
+        dg = tp_compat.build_dependency(model, example_inputs, forward,
+                                        {ChannelSelect: ChannelSelectPruner(), **(pruners or {})})
+    except DempError:
+        raise
+    except Exception as e:
+        raise DempError(f"{type(model).__name__} cannot run on example_inputs ({type(e).__name__}: "
+                        f"{e}); give inputs of the shape it expects: a tensor, a tuple of positional "
+                        "inputs or a dict of keyword inputs") from None
     names = tracer.names()
     by_grad_fn = {node.grad_fn: node for node in dg.module2node.values()}
     nodes = {n: by_grad_fn[g] for n, g in zip(names, grad_fns) if g is not None and g in by_grad_fn}
@@ -360,18 +375,24 @@ def _validate_masks(dead: Mapping[str, Any], widths: dict[str, int]) -> dict[str
 
 
 def _check_finite(model: nn.Module) -> None:
+    """Refuse NaN or inf in parameters and floating-point buffers (BatchNorm statistics)."""
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
             raise DempError(f"parameter '{name}' holds NaN or inf (did training diverge? lower "
                             "the learning rate or reg_peak); nothing was removed")
+    for name, b in model.named_buffers():
+        if b.is_floating_point() and not torch.isfinite(b).all():
+            raise DempError(f"buffer '{name}' holds NaN or inf (normalisation statistics went "
+                            "bad: re-estimate them or restart from a checkpoint); nothing was removed")
 
 
 def _plan(analysis: _Analysis, full: dict[str, torch.Tensor],
-          sites: dict[str, SiteRemoval]) -> list[tuple[_Group, list[int]]]:
+          sites: dict[str, SiteRemoval]) -> tuple[list[tuple[_Group, list[int]]], dict[str, torch.Tensor]]:
     """Split the sites' channels into disjoint groups and decide what each may lose.
 
     A group rooted at one site can cover part of another site's channels (a concat), so
-    each site is rooted only at channels no earlier group covered.  Fills ``sites``.
+    each site is rooted only at channels no earlier group covered.  Fills ``sites``;
+    returns the groups to prune and, per site, the units that will go.
     """
     covered = {n: torch.zeros_like(m) for n, m in full.items()}
     removed = {n: torch.zeros_like(m) for n, m in full.items()}
@@ -400,7 +421,7 @@ def _plan(analysis: _Analysis, full: dict[str, torch.Tensor],
     for n, rec in sites.items():
         rec.removed = int(removed[n].sum())
         rec.kept_dead = int((full[n] & ~removed[n]).sum())
-    return plans
+    return plans, removed
 
 
 def _add_reason(rec: SiteRemoval, reason: str, count: int) -> None:
@@ -408,55 +429,225 @@ def _add_reason(rec: SiteRemoval, reason: str, count: int) -> None:
         rec.reasons[reason] = rec.reasons.get(reason, 0) + count
 
 
-def _prune(dg: Any, root: nn.Module, g: _Group, gone: list[int]) -> None:
-    """Prune one group's channels; GroupNorms keep their channels-per-group."""
-    per_group = {it.node.module: it.node.module.num_channels // it.node.module.num_groups
-                 for it in g.items if isinstance(it.node.module, nn.GroupNorm)}
-    tp_compat.prune_out_channels(dg, root, gone)
-    for gn, per in per_group.items():
-        gn.num_groups = gn.num_channels // per
+class _Refused(Exception):
+    """A removal that failed inside surgery or would change the model: where, and why."""
+
+    def __init__(self, where: str, why: str):
+        super().__init__(f"{why} (at {where})")
+        self.where, self.why = where, why
 
 
-def remove_units(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
-                 optimizer: Optional[torch.optim.Optimizer] = None, *, min_units: int = 1,
-                 exact: bool = True) -> RemovalReport:
-    """Remove the given units from ``model`` in place and slice ``optimizer``'s state to match.
+@dataclass(frozen=True)
+class _Options:
+    min_units: int
+    exact: bool
+    verify: bool
+    train_check: bool                   # the unpruned model runs in train mode, so must the pruned
+    pruners: Mapping[Any, Any]
 
-    ``dead`` maps site names to BoolTensors (True = remove).  With ``exact`` (the default)
-    a unit goes only when removal keeps the network's function on the data the masks came
-    from; dead units that must stay are reported with the reason.  ``exact=False`` removes
-    marked units even if they are live (used by the baselines).
+
+def _prune_all(dg: Any, site_nodes: dict[str, Any], plans: list[tuple[_Group, list[int]]],
+               widths: dict[str, int]) -> None:
+    """Prune the planned groups one after another, each in its root's current numbering.
+
+    A group applied earlier may already have taken some of a later root site's channels
+    (one site spanning several concatenations), which shifts that root's indices down.
     """
-    start = time.perf_counter()
-    if min_units < 1:
-        raise DempError(f"min_units must be >= 1 (a layer may never reach zero width), got {min_units}")
-    if not isinstance(dead, Mapping):
-        raise DempError("dead must be a dict {site name: BoolTensor}, as returned by find_dead_units")
-    check_device(model, example_inputs, "example_inputs")
-    if optimizer is not None:
-        check_optimizer(optimizer, model)
-    _check_finite(model)
+    done = {n: torch.zeros(w, dtype=torch.bool) for n, w in widths.items()}
+    for g, gone in plans:
+        shift = torch.cumsum(done[g.root_site].long(), 0)
+        now = [i - int(shift[i]) for i in gone]
+        per_group = {it.node.module: it.node.module.num_channels // it.node.module.num_groups
+                     for it in g.items if isinstance(it.node.module, nn.GroupNorm)}
+        try:
+            tp_compat.prune_out_channels(dg, site_nodes[g.root_site].module, now)
+        except Exception as e:  # torch-pruning's own errors (IndexError, KeyError, ...)
+            raise _Refused(f"site '{g.root_site}'", f"torch-pruning failed: {type(e).__name__}: {e}") from e
+        for gn, per in per_group.items():  # GroupNorms keep their channels-per-group
+            gn.num_groups = gn.num_channels // per
+        for name, it in g.sites.items():
+            idx = torch.as_tensor(it.idxs, dtype=torch.long)
+            done[name][idx] |= g.removable[torch.as_tensor(it.root_idxs, dtype=torch.long)]
+
+
+def _outputs(model: nn.Module, example_inputs: Any, zero: list[Optional[torch.Tensor]]) -> list[torch.Tensor]:
+    """Eval-mode outputs with the units ``zero[k]`` of the k-th site call forced to 0."""
+    def on_site(call, out):
+        mask = zero[call.index] if call.index < len(zero) else None
+        if mask is not None and bool(mask.any()):
+            shape = [1] * out.dim()
+            shape[call.channel_dim] = -1
+            out.masked_fill_(mask.to(out.device).view(shape), 0)  # in place: callers of ReLU_ keep `out`
+        return out
+
+    with eval_mode(model), torch.no_grad(), SiteTracer(model, on_site):
+        return [t.detach().clone() for t in flatten_outputs(call_model(model, example_inputs))]
+
+
+def _train_forward(model: nn.Module, example_inputs: Any) -> str:
+    """'' when one train-mode forward runs; modes, buffers and RNG are left as they were."""
+    try:
+        with kept_modes(model), kept_buffers(model, rng=True), torch.no_grad():
+            call_model(model.train(), example_inputs)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+def _verify(model: nn.Module, example_inputs: Any, reference: list[torch.Tensor], train_check: bool) -> str:
+    """'' when the pruned model computes ``reference`` and still runs in train mode."""
+    try:
+        problem = compare_outputs(reference, _outputs(model, example_inputs, []))
+    except Exception as e:
+        return f"the pruned model's forward pass fails ({type(e).__name__}: {e})"
+    if not problem and train_check:
+        failed = _train_forward(model, example_inputs)
+        problem = f"the pruned model fails in train mode ({failed})" if failed else ""
+    return problem
+
+
+def _attempt(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
+             optimizer: Optional[torch.optim.Optimizer], opts: _Options
+             ) -> tuple[dict[str, SiteRemoval], dict[str, torch.Tensor]]:
+    """Plan and apply one removal; ``_Refused`` (model possibly half changed) when it is not exact.
+
+    The removal must equal zeroing, at each site, the units that go and were marked: a unit
+    that goes without being marked (a shared layer's other call, a coupled live channel)
+    is then a difference, and so is any channel that left without passing through a site.
+    """
     def on_replace(old, new, slicer):
         if optimizer is not None:
             move_optimizer_state(optimizer, old, new, slicer)
 
     # one recording context for tracing and pruning: the graph binds the patched handlers
     with tp_compat.recording(on_replace):
-        dg, site_nodes, widths = build_graph(model, example_inputs)
+        dg, site_nodes, widths = build_graph(model, example_inputs, opts.pruners)
         if not widths:
             raise DempError(f"{type(model).__name__} has no ReLU site (nn.ReLU, F.relu, torch.relu)")
         masks = _validate_masks(dead, widths)
         full = {n: masks.get(n, torch.zeros(w, dtype=torch.bool)) for n, w in widths.items()}
-        params_before = count_params(model)
         sites = {n: SiteRemoval(w, dead=int(full[n].sum())) for n, w in widths.items()}
         for n in widths:
             if n not in site_nodes:
                 _add_reason(sites[n], "its output does not reach the model output", sites[n].dead)
+        analysis = _Analysis(dg, site_nodes, full, opts.exact, opts.min_units, _shared_params(model))
+        plans, removed = _plan(analysis, full, sites)
+        if not plans:
+            return sites, removed
+        reference = (_outputs(model, example_inputs, [removed[n] & full[n] for n in widths])
+                     if opts.verify else [])
+        _prune_all(dg, site_nodes, plans, widths)
+    if opts.verify:
+        problem = _verify(model, example_inputs, reference, opts.train_check)
+        if problem:
+            where = ", ".join(f"'{n}'" for n in widths if removed[n].any())
+            raise _Refused(f"site(s) {where}", problem)
+    return sites, removed
 
-        plans = _plan(_Analysis(dg, site_nodes, full, exact, min_units), full, sites)
-        for g, gone in plans:
-            _prune(dg, site_nodes[g.root_site].module, g, gone)
-    return RemovalReport(units_before=sum(widths.values()),
+
+def _retry_by_site(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
+                   optimizer: Optional[torch.optim.Optimizer], opts: _Options) -> dict[str, SiteRemoval]:
+    """After a refused removal, try each site's units on their own; keep what is exact."""
+    widths = {s.name: s.width for s in list_sites(model, example_inputs)}
+    full = {n: torch.as_tensor(dead[n]).cpu() if n in dead else torch.zeros(w, dtype=torch.bool)
+            for n, w in widths.items()}
+    alive = {n: torch.ones(w, dtype=torch.bool) for n, w in widths.items()}
+    sites = {n: SiteRemoval(w, dead=int(full[n].sum())) for n, w in widths.items()}
+    for name in widths:
+        todo = full[name] & alive[name]
+        if not todo.any():
+            continue
+        snapshot = Snapshot(model, optimizer)
+        try:
+            own, removed = _attempt(model, {name: full[name][alive[name]]}, example_inputs, optimizer, opts)
+        except _Refused as failure:
+            snapshot.restore()
+            _add_reason(sites[name], f"removing them would not be exact: {failure.why}", int(todo.sum()))
+            continue
+        except BaseException:
+            snapshot.restore()
+            raise
+        for n, r in removed.items():
+            idx = alive[n].nonzero().flatten()
+            alive[n][idx[r]] = False
+        for reason, count in own[name].reasons.items():
+            _add_reason(sites[name], reason, count)
+    for n, rec in sites.items():
+        rec.removed = int((~alive[n]).sum())
+        rec.kept_dead = int((full[n] & alive[n]).sum())
+    return sites
+
+
+def _shared_params(model: nn.Module) -> set[int]:
+    """ids of Parameters that more than one module holds (tied weights)."""
+    seen: dict[int, int] = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                seen[id(p)] = seen.get(id(p), 0) + 1
+    return {i for i, k in seen.items() if k > 1}
+
+
+def _check_request(model: nn.Module, dead: Any, example_inputs: Any,
+                   optimizer: Optional[torch.optim.Optimizer], min_units: int) -> None:
+    """Refuse bad arguments with a DempError before anything is touched."""
+    if min_units < 1:
+        raise DempError(f"min_units must be >= 1 (a layer may never reach zero width), got {min_units}")
+    if not isinstance(dead, Mapping):
+        raise DempError("dead must be a dict {site name: BoolTensor}, as returned by find_dead_units")
+    if model_device(model).type == "meta":
+        raise DempError("the model is on the meta device (it has no values); load or initialise "
+                        "its weights and move it to a real device first")
+    check_inputs(example_inputs, "example_inputs")
+    check_device(model, example_inputs, "example_inputs")
+    parametrized = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+    if parametrized:
+        raise DempError(f"module '{parametrized[0]}' has a parametrization (weight_norm, "
+                        "spectral_norm, ...), which DemP cannot slice yet; remove it with "
+                        "torch.nn.utils.parametrize.remove_parametrizations before removal")
+    if optimizer is not None:
+        own = {id(p) for p in model.parameters()}
+        if not any(id(p) in own for g in optimizer.param_groups for p in g["params"]):
+            raise DempError("the optimizer holds none of the model's parameters (was it built "
+                            "for another model, or before the model was replaced?)")
+        check_optimizer(optimizer, model)
+    _check_finite(model)
+
+
+def remove_units(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
+                 optimizer: Optional[torch.optim.Optimizer] = None, *, min_units: int = 1,
+                 exact: bool = True, verify: bool = True,
+                 pruners: Optional[Mapping[Any, Any]] = None) -> RemovalReport:
+    """Remove the given units from ``model`` in place and slice ``optimizer``'s state to match.
+
+    ``dead`` maps site names to BoolTensors (True = remove).  With ``exact`` (the default)
+    a unit goes only when removal keeps the network's function on the data the masks came
+    from; dead units that must stay are reported with the reason.  ``exact=False`` removes
+    marked units even if they are live (used by the baselines).
+
+    With ``verify`` (the default) the removal is all-or-nothing: the pruned model must give,
+    on ``example_inputs``, the outputs of the original with the removed units set to zero,
+    and still run in train mode.  Otherwise the model and optimizer are restored exactly
+    and each site is retried alone; units whose removal is not exact stay, with the reason.
+    ``example_inputs`` is a tensor, a tuple of positional inputs or a dict of keyword inputs.
+    ``pruners`` maps layer types (or instances) to extra torch-pruning pruners
+    (``demp.core.tp_compat.BasePruningFunc``) for layers the dependency graph cannot see into.
+    """
+    start = time.perf_counter()
+    _check_request(model, dead, example_inputs, optimizer, min_units)
+    params_before = count_params(model)
+    train_check = verify and not _train_forward(model, example_inputs)
+    opts = _Options(min_units, exact, verify, train_check, dict(pruners or {}))
+    snapshot = Snapshot(model, optimizer)
+    try:
+        sites, _ = _attempt(model, dead, example_inputs, optimizer, opts)
+    except _Refused:
+        snapshot.restore()
+        sites = _retry_by_site(model, dead, example_inputs, optimizer, opts)
+    except BaseException:
+        snapshot.restore()
+        raise
+    return RemovalReport(units_before=sum(s.width_before for s in sites.values()),
                          units_removed=sum(s.removed for s in sites.values()),
                          params_before=params_before, params_after=count_params(model),
                          sites=sites, seconds=time.perf_counter() - start)
