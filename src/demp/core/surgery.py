@@ -31,7 +31,7 @@ _ZERO_PRESERVING = frozenset({"relu", "hardtanh", "mean", "view", "reshapealias"
                               "unsqueeze", "mul", "nativedropout", "alias"})
 _ZERO_PRESERVING_PREFIXES = ("maxpool", "avgpool", "adaptiveavgpool", "adaptivemaxpool", "upsample")
 """Ops (autograd names without 'Backward') whose output channel is zero where the input's is."""
-_CHANNELWISE = _ZERO_PRESERVING | {"add", "sub"}
+_CHANNELWISE = _ZERO_PRESERVING | {"add", "sub", "copyslices"}
 """Ops that act on each channel separately, so a group may contain them."""
 
 
@@ -120,7 +120,22 @@ def _zero_preserving(node: Any) -> bool:
     if kind != "elementwise":
         return False
     name = op_name(node)
-    return name in _ZERO_PRESERVING or name.startswith(_ZERO_PRESERVING_PREFIXES)
+    return (name in _ZERO_PRESERVING or name.startswith(_ZERO_PRESERVING_PREFIXES)
+            or (name == "asstrided" and _identity_view(node)))
+
+
+def _weight_op(node: Any) -> bool:
+    """An op on a parameter (a Linear's weight transpose), not on the data flowing through."""
+    return node_kind(node) == "elementwise" and not node.inputs
+
+
+def _identity_view(node: Any) -> bool:
+    """An as_strided that views its whole input unchanged: how autograd records an in-place
+    ReLU on a view (a Linear's output on 3-D input); the ReLU itself sits in a CopySlices."""
+    fn = node.grad_fn
+    size, stride = tuple(fn._saved_size), tuple(fn._saved_stride)
+    contiguous = tuple(torch.empty(size, device="meta").stride())
+    return stride == contiguous and fn._saved_storage_offset == 0
 
 
 _LINEAR_INTERNAL = frozenset({"addmm", "mm", "bmm", "matmul"})
@@ -172,10 +187,12 @@ def _blocking_member(item: GroupItem, exact: bool, shared: set[int]) -> str:
     if kind in ("concat", "split", "reshape", "slice", "expand"):
         return ""
     if kind == "elementwise" and (
-            not item.node.inputs  # an op on a weight (e.g. Linear's transpose), not on data
-            or _linear_internal(item.node) or op_name(item.node) in _CHANNELWISE or _zero_preserving(item.node)):
+            _weight_op(item.node) or _linear_internal(item.node) or op_name(item.node) in _CHANNELWISE or _zero_preserving(item.node)):
         return ""
-    return f"unsupported operation {item.node.module!r} is tied to its channels"
+    if kind == "parameter":
+        return f"a per-channel parameter of shape {tuple(m.shape)} is tied to its channels"
+    what = op_name(item.node) if kind == "elementwise" else type(m).__name__
+    return f"unsupported operation '{what}' is tied to its channels"
 
 
 def _map_to_root(item: GroupItem, values: torch.Tensor, width: int) -> torch.Tensor:
@@ -203,10 +220,20 @@ class _Analysis:
         """The group of the site's ``channels`` (root indices stay the site's own numbering)."""
         node = self.site_nodes[name]
         width = self.masks[name].numel()
-        items = tp_compat.pruning_group(self.dg, node.module, channels)
-        sites = {self.node_site[it.node]: it for it in items if it.node in self.node_site}
-        g = _Group(name, width, items, sites)
-        self._decide(g)
+        try:
+            items = tp_compat.pruning_group(self.dg, node.module, channels)
+            sites = {self.node_site[it.node]: it for it in items if it.node in self.node_site}
+            g = _Group(name, width, items, sites)
+            self._decide(g)
+            out_of_range = [n for n, it in sites.items() if max(it.idxs, default=-1) >= self.masks[n].numel()]
+            if out_of_range and not g.blocked:
+                raise IndexError(f"site '{out_of_range[0]}' mapped beyond its width")
+            g.sites = {n: it for n, it in sites.items() if n not in out_of_range}
+        except Exception as e:  # torch-pruning cannot map this graph shape: keep the group whole
+            root = GroupItem(node, None, list(channels), list(channels))
+            g = _Group(name, width, [root], {name: root},
+                       blocked=f"torch-pruning cannot map its channels ({type(e).__name__}: {e})")
+            g.removable = g.allowed = torch.zeros(width, dtype=torch.bool)
         return g
 
     def _decide(self, g: _Group) -> None:
@@ -231,6 +258,22 @@ class _Analysis:
         memo: dict[Any, torch.Tensor] = {}
         none = torch.zeros(g.root_width, dtype=torch.bool)
 
+        def covered(it: GroupItem) -> torch.Tensor:
+            cov = none.clone()
+            cov[torch.as_tensor(it.root_idxs, dtype=torch.long)] = True
+            return cov
+
+        def through(inputs: list[Any]) -> torch.Tensor:
+            """Root channels that are zero in every input carrying them (a shared layer's
+            calls, a concatenation's parts), and carried by at least one."""
+            acc, carried = ~none, none.clone()
+            for inp in inputs:
+                if inp in members and not _weight_op(inp):
+                    cov = covered(members[inp])
+                    acc &= zero(inp) | ~cov
+                    carried |= cov
+            return acc & carried
+
         def zero(node: Any) -> torch.Tensor:
             if node in memo:
                 return memo[node]
@@ -243,8 +286,7 @@ class _Analysis:
             if name is not None:
                 result |= _map_to_root(it, self.masks[name], g.root_width)
             if name is not None or _zero_preserving(node):
-                for inp in node.inputs:
-                    result |= zero(inp)
+                result |= through(node.inputs)
             memo[node] = result
             return result
 
@@ -253,12 +295,7 @@ class _Analysis:
         for it in g.items:
             if _is_consumer(self.dg, it):
                 has_consumer = True
-                reads = torch.zeros(g.root_width, dtype=torch.bool)
-                for inp in _data_inputs(it.node):
-                    reads |= zero(inp)
-                covered = torch.zeros(g.root_width, dtype=torch.bool)
-                covered[torch.as_tensor(it.root_idxs, dtype=torch.long)] = True
-                removable &= reads | ~covered
+                removable &= through(_data_inputs(it.node)) | ~covered(it)
         if not has_consumer:
             return torch.zeros(g.root_width, dtype=torch.bool)
         # never remove a channel that no site of the group reports dead

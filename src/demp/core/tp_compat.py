@@ -86,7 +86,7 @@ def node_kind(node: Any) -> str:
 
 def op_name(node: Any) -> str:
     """Autograd op name of a traced op without 'Backward', e.g. 'relu', 'add', 'asstrided'."""
-    return re.sub(r"backward\d*$", "", str(node.module._grad_fn).lower())
+    return re.sub(r"backward\d*$", "", str(node.module._grad_fn).lower().split("::")[-1])
 
 
 def is_in_channel_fn(dg: tp.DependencyGraph, handler: Any) -> bool:
