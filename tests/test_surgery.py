@@ -263,7 +263,8 @@ def _assert_same(model, opt, snap):
 
 
 @pytest.mark.parametrize("case", ["unknown_site", "wrong_length", "wrong_dtype", "device",
-                                  "nan", "optimizer"])
+                                  "nan", "optimizer", "list_inputs", "wrong_channels",
+                                  "foreign_optimizer", "nan_buffer"])
 def test_bad_input_is_refused_before_anything_changes(case):
     model, x = planted("vgg")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -285,6 +286,18 @@ def test_bad_input_is_refused_before_anything_changes(case):
         with torch.no_grad():
             model.fc[0].weight[0, 0] = float("nan")
         match = "NaN or inf"
+    elif case == "list_inputs":
+        example_inputs = [x[:2]]
+        match = "example_inputs is a list; give a tensor, a tuple"
+    elif case == "wrong_channels":
+        example_inputs = torch.randn(2, 4, 8, 8)
+        match = "VGG cannot run on example_inputs .*RuntimeError.*tuple of positional"
+    elif case == "foreign_optimizer":
+        opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+        match = "optimizer holds none of the model's parameters"
+    elif case == "nan_buffer":
+        model.features[1].running_var[0] = float("inf")
+        match = "buffer 'features.1.running_var' holds NaN or inf"
     else:
         opt = _Factored(model.parameters(), lr=0.1)
         _train_steps(model.train(), opt, x, torch.zeros(len(x), dtype=torch.long), 1)
@@ -318,3 +331,9 @@ def test_grouped_conv_never_collapses_to_one_output_per_group():
     demp.remove_units(model, everything, x[:2], exact=False)
     assert model.c2.groups == 2 and model.c2.out_channels == 4 and model.c2.in_channels == 2
     assert model(x).shape == (len(x), 5)
+
+
+def test_model_on_meta_device_is_refused():
+    model = ARCHS["vgg"]().to("meta")
+    with pytest.raises(DempError, match="meta device"):
+        demp.remove_units(model, {}, torch.randn(2, 3, 8, 8, device="meta"))

@@ -44,6 +44,10 @@ def _is_relu_call(func, args: tuple, kwargs: dict) -> bool:
 
 _CHANNEL_FIRST_3D = (nn.Conv1d, nn.BatchNorm1d, nn.GroupNorm, nn.InstanceNorm1d, nn.MaxPool1d,
                      nn.AvgPool1d)
+_CHANNELS_FIRST_FUNCS = frozenset({F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d,
+                                   F.conv_transpose3d, F.batch_norm, F.group_norm, F.instance_norm})
+_CHANNELS_LAST_FUNCS = frozenset({F.linear, F.layer_norm})
+"""Layers that produce channels: on dim 1 (convs, norms) or on the last dim (Linear, LayerNorm)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class SiteTracer(TorchFunctionMode):
         self.calls: list[SiteCall] = []
         self._stack: list[tuple[str, nn.Module]] = []
         self._last_leaf: Optional[nn.Module] = None
+        self._producer: Optional[tuple[int, int]] = None  # (unit dim, width) of the last layer
         self._handles: list[Any] = []
         self._warned: set[str] = set()
 
@@ -118,18 +123,40 @@ class SiteTracer(TorchFunctionMode):
     def reset(self) -> None:
         """Forget the calls of the previous forward pass."""
         self.calls = []
+        self._producer = None
 
     def names(self) -> list[str]:
         return _site_names(self.calls)
 
     def _channel_dim(self, out: torch.Tensor) -> int:
+        """The unit dimension: where the last channel-producing layer put its channels.
+
+        Its output width is looked up in the activation (a transpose since may have moved
+        it); without a match, 3-D activations fall back to the last leaf module's kind.
+        """
+        if out.dim() == 2:
+            return 1
+        if self._producer is not None:
+            natural, width = self._producer
+            candidates = [natural % out.dim()] + [d for d in range(1, out.dim()) if d != natural % out.dim()]
+            for d in candidates:
+                if out.shape[d] == width:
+                    return d
         if out.dim() != 3:
             return 1
         return 1 if isinstance(self._last_leaf, _CHANNEL_FIRST_3D) else out.dim() - 1
 
+    def _note_producer(self, func, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.dim() >= 2:
+            if func in _CHANNELS_FIRST_FUNCS:
+                self._producer = (1, out.shape[1])
+            elif func in _CHANNELS_LAST_FUNCS:
+                self._producer = (-1, out.shape[-1])
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        self._note_producer(func, out)
         if _is_relu_call(func, args, kwargs) and isinstance(out, torch.Tensor) and out.dim() >= 2:
             owner, module = self._stack[-1] if self._stack else ("", self.model)
             call = SiteCall(len(self.calls), owner,
@@ -158,18 +185,33 @@ def batch_input(batch: Any) -> Any:
     return batch
 
 
+def check_inputs(x: Any, what: str = "input") -> None:
+    """Refuse input containers the model cannot be called with unambiguously."""
+    if isinstance(x, list):
+        raise DempError(f"{what} is a list; give a tensor, a tuple of positional inputs "
+                        "(model(*inputs)) or a dict of keyword inputs (model(**inputs))")
+
+
+def _input_tensors(x: Any) -> list[Any]:
+    """The top-level items of an input: a tensor, a tuple's items or a dict's values."""
+    if isinstance(x, dict):
+        return list(x.values())
+    return list(x) if isinstance(x, (tuple, list)) else [x]
+
+
 def check_device(model: nn.Module, x: Any, what: str = "input") -> None:
     """Raise a clear error when tensor input ``x`` is on another device than the model."""
     dev = model_device(model)
-    tensors = x if isinstance(x, (tuple, list)) else [x]
-    for t in tensors:
+    for t in _input_tensors(x):
         if isinstance(t, torch.Tensor) and t.device != dev:
             raise DempError(f"{what} is on {t.device} but the model is on {dev}; "
                             f"move it with .to('{dev}') first")
 
 
 def call_model(model: nn.Module, x: Any) -> Any:
-    """Run the model on an input tensor or a tuple of positional inputs."""
+    """Run the model on an input tensor, a tuple of positional inputs or a dict of keyword inputs."""
+    if isinstance(x, dict):
+        return model(**x)
     return model(*x) if isinstance(x, tuple) else model(x)
 
 
@@ -247,5 +289,10 @@ def find_dead_units(model: nn.Module, batches: Iterable[Any]) -> dict[str, torch
 
 
 def list_sites(model: nn.Module, example_inputs: Any) -> list[Site]:
-    """The model's ReLU sites in call order, found with one eval-mode forward pass."""
-    return scan_units(model, [example_inputs]).sites
+    """The model's ReLU sites in call order, found with one eval-mode forward pass.
+
+    ``example_inputs`` is passed as ``remove_units`` passes it: a tuple holds several
+    positional inputs (not an (input, target) batch).
+    """
+    check_inputs(example_inputs, "example_inputs")
+    return scan_units(model, [(example_inputs,)]).sites

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
+from demp.core.tp_compat import BasePruningFunc
 
 
 class _SelectFn(torch.autograd.Function):
@@ -82,7 +82,7 @@ class ChannelSelect(nn.Module):
         self.src, self.dst = src.contiguous(), dst.contiguous()
 
 
-class ChannelSelectPruner(tp.pruner.BasePruningFunc):
+class ChannelSelectPruner(BasePruningFunc):
     """torch-pruning handler: input and output sides of the selection prune independently."""
 
     TARGET_MODULES = (ChannelSelect,)

@@ -10,31 +10,28 @@ goes through one recorded function, which slices the optimizer state the same wa
 """
 from __future__ import annotations
 
-import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
-from torch_pruning import ops as tp_ops
-from torch_pruning.pruner import function as tp_fn
+from torch.nn.utils import parametrize
 
-from demp.core.detection import SiteTracer, call_model, check_device
-from demp.core.utils import count_params, eval_mode
-from demp.errors import DempError
+from demp.core import tp_compat
+from demp.core.detection import SiteTracer, call_model, check_device, check_inputs, list_sites
 from demp.core.skip import ChannelSelect, ChannelSelectPruner
-
-Slicer = Callable[[torch.Tensor], torch.Tensor]
+from demp.core.tp_compat import GroupItem, Slicer, node_kind, op_name
+from demp.core.utils import count_params, eval_mode, kept_buffers, kept_modes, model_device
+from demp.core.verify import Snapshot, compare_outputs, flatten_outputs
+from demp.errors import DempError
 
 _ZERO_PRESERVING = frozenset({"relu", "hardtanh", "mean", "view", "reshapealias", "unsafeview",
                               "permute", "transpose", "clone", "tocopy", "expand", "squeeze",
                               "unsqueeze", "mul", "nativedropout", "alias"})
 _ZERO_PRESERVING_PREFIXES = ("maxpool", "avgpool", "adaptiveavgpool", "adaptivemaxpool", "upsample")
 """Ops (autograd names without 'Backward') whose output channel is zero where the input's is."""
-_CHANNELWISE = _ZERO_PRESERVING | {"add", "sub"}
+_CHANNELWISE = _ZERO_PRESERVING | {"add", "sub", "copyslices"}
 """Ops that act on each channel separately, so a group may contain them."""
 
 
@@ -72,69 +69,6 @@ class RemovalReport:
 
 
 
-# ----------------------------------------------------------------------------- recording
-
-def _select(dim: int, keep: torch.Tensor) -> Slicer:
-    return lambda t: t.index_select(dim, keep.to(t.device))
-
-
-def _grouped_in_slicer(layer: nn.Conv2d, idxs: Sequence[int]) -> tuple[Slicer, int]:
-    """Input-column removal for a grouped (non-depthwise) conv: each group keeps its own columns."""
-    g = layer.groups
-    per = layer.in_channels // g
-    removed = set(idxs)
-    local = [[c - j * per for c in range(j * per, (j + 1) * per) if c not in removed] for j in range(g)]
-    if len({len(k) for k in local}) != 1:
-        raise DempError(f"grouped conv {layer}: removal must take the same number of input "
-                        "channels from every group")
-    rows_per = layer.out_channels // g
-    index = torch.tensor([local[r // rows_per] for r in range(layer.out_channels)], dtype=torch.long)
-
-    def slicer(t: torch.Tensor) -> torch.Tensor:
-        idx = index.to(t.device).view(t.shape[0], -1, *([1] * (t.dim() - 2))).expand(
-            -1, -1, *t.shape[2:])
-        return torch.gather(t, 1, idx)
-    return slicer, len(local[0]) * g
-
-
-@contextmanager
-def _recording(on_replace: Callable[[nn.Parameter, nn.Parameter, Slicer], None]) -> Iterator[None]:
-    """Route every torch-pruning parameter replacement through ``on_replace``.
-
-    Also keeps ``requires_grad`` of frozen parameters and prunes grouped convs' input
-    columns group by group (torch-pruning 1.6.1 does neither).
-    """
-    base, conv = tp_fn.BasePruningFunc, tp_fn.ConvPruner
-    orig_param, orig_conv_in = base._prune_parameter_and_grad, conv.prune_in_channels
-
-    def replace(old: nn.Parameter, slicer: Slicer) -> nn.Parameter:
-        new = nn.Parameter(slicer(old.detach()).contiguous(), requires_grad=old.requires_grad)
-        if old.grad is not None:
-            new.grad = slicer(old.grad).contiguous()
-        on_replace(old, new, slicer)
-        return new
-
-    def prune_param(self, weight, keep_idxs, dim):
-        keep = torch.as_tensor(list(keep_idxs), dtype=torch.long, device=weight.device)
-        return replace(weight, _select(dim, keep))
-
-    def prune_conv_in(self, layer, idxs):
-        if layer.groups == 1 or layer.transposed:
-            return orig_conv_in(self, layer, idxs)
-        slicer, new_in = _grouped_in_slicer(layer, idxs)
-        layer.weight = replace(layer.weight, slicer)
-        layer.in_channels = new_in
-        return layer
-
-    base._prune_parameter_and_grad = prune_param
-    conv.prune_in_channels = prune_conv_in
-    try:
-        yield
-    finally:
-        base._prune_parameter_and_grad = orig_param
-        conv.prune_in_channels = orig_conv_in
-
-
 # ----------------------------------------------------------------------------- optimizer
 
 def check_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
@@ -168,38 +102,40 @@ def move_optimizer_state(optimizer: torch.optim.Optimizer, old: nn.Parameter,
 # ----------------------------------------------------------------------------- the graph
 
 @dataclass
-class _Item:
-    node: Any
-    fn: Any
-    idxs: list[int]
-    root_idxs: list[int]
-
-
-@dataclass
 class _Group:
     """One torch-pruning group rooted at a site, with the analysis of what may go."""
     root_site: str
     root_width: int
-    items: list[_Item]
-    sites: dict[str, _Item]            # sites in the group -> their item
+    items: list[GroupItem]
+    sites: dict[str, GroupItem]            # sites in the group -> their item
     removable: torch.Tensor = None     # BoolTensor over root channels
     allowed: torch.Tensor = None       # removable before width/group constraints
     blocked: str = ""                  # reason the whole group is kept
 
 
-def _op_name(node: Any) -> str:
-    """Autograd op name without the 'Backward0' suffix, e.g. 'relu', 'add', 'maxpool2dwithindices'."""
-    return re.sub(r"backward\d*$", "", str(node.module._grad_fn).lower())
-
-
 def _zero_preserving(node: Any) -> bool:
-    if isinstance(node.module, (tp_ops._ConcatOp, tp_ops._SplitOp, tp_ops._ReshapeOp,
-                                tp_ops._ExpandOp)):
+    kind = node_kind(node)
+    if kind in ("concat", "split", "reshape", "expand"):
         return True
-    if not isinstance(node.module, tp_ops._ElementWiseOp):
+    if kind != "elementwise":
         return False
-    name = _op_name(node)
-    return name in _ZERO_PRESERVING or name.startswith(_ZERO_PRESERVING_PREFIXES)
+    name = op_name(node)
+    return (name in _ZERO_PRESERVING or name.startswith(_ZERO_PRESERVING_PREFIXES)
+            or (name == "asstrided" and _identity_view(node)))
+
+
+def _weight_op(node: Any) -> bool:
+    """An op on a parameter (a Linear's weight transpose), not on the data flowing through."""
+    return node_kind(node) == "elementwise" and not node.inputs
+
+
+def _identity_view(node: Any) -> bool:
+    """An as_strided that views its whole input unchanged: how autograd records an in-place
+    ReLU on a view (a Linear's output on 3-D input); the ReLU itself sits in a CopySlices."""
+    fn = node.grad_fn
+    size, stride = tuple(fn._saved_size), tuple(fn._saved_stride)
+    contiguous = tuple(torch.empty(size, device="meta").stride())
+    return stride == contiguous and fn._saved_storage_offset == 0
 
 
 _LINEAR_INTERNAL = frozenset({"addmm", "mm", "bmm", "matmul"})
@@ -208,7 +144,7 @@ _LINEAR_INTERNAL = frozenset({"addmm", "mm", "bmm", "matmul"})
 
 def _linear_internal(node: Any) -> bool:
     """An autograd matmul that only feeds Linear layers: part of the layer, not a data op."""
-    return (isinstance(node.module, tp_ops._ElementWiseOp) and _op_name(node) in _LINEAR_INTERNAL
+    return (node_kind(node) == "elementwise" and op_name(node) in _LINEAR_INTERNAL
             and bool(node.outputs) and all(isinstance(o.module, nn.Linear) for o in node.outputs))
 
 
@@ -217,26 +153,29 @@ def _data_inputs(node: Any) -> list[Any]:
     out = []
     for inp in node.inputs:
         if _linear_internal(inp):
-            out.extend(i for i in inp.inputs if i.inputs or not isinstance(i.module, tp_ops._ElementWiseOp))
+            out.extend(i for i in inp.inputs if i.inputs or node_kind(i) != "elementwise")
         else:
             out.append(inp)
     return out
 
 
-def _is_consumer(dg: tp.DependencyGraph, item: _Item) -> bool:
+def _is_consumer(dg: Any, item: GroupItem) -> bool:
     """A layer that mixes the group's channels into others: its input must see zeros."""
     m = item.node.module
-    if not dg.is_in_channel_pruning_fn(item.fn):
+    if not tp_compat.is_in_channel_fn(dg, item.handler):
         return False
     if isinstance(m, nn.modules.conv._ConvNd):
-        return tp_ops.module2type(m) != tp_ops.OPTYPE.DEPTHWISE_CONV
+        return not tp_compat.is_depthwise(m)
     return isinstance(m, (nn.Linear, ChannelSelect))
 
 
-def _blocking_member(item: _Item, exact: bool) -> str:
+def _blocking_member(item: GroupItem, exact: bool, shared: set[int]) -> str:
     """Why a group member forbids any removal in the group ('' when it does not)."""
     m = item.node.module
-    if isinstance(m, tp_ops._OutputOp):
+    kind = node_kind(item.node)
+    if isinstance(m, nn.Module) and any(id(p) in shared for p in m._parameters.values()):
+        return f"{type(m).__name__} shares its weight with another layer (tied parameters)"
+    if kind == "output":
         return "its channels reach the model output"
     if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups == m.out_channels != m.in_channels:
         return "a grouped conv with one output per group (torch-pruning would treat it as depthwise)"
@@ -245,17 +184,18 @@ def _blocking_member(item: _Item, exact: bool) -> str:
         return ""
     if isinstance(m, nn.LayerNorm):
         return "" if not exact else "a LayerNorm normalises over its channels (not exact)"
-    if isinstance(m, (tp_ops._ConcatOp, tp_ops._SplitOp, tp_ops._ReshapeOp, tp_ops._SliceOp,
-                      tp_ops._ExpandOp)):
+    if kind in ("concat", "split", "reshape", "slice", "expand"):
         return ""
-    if isinstance(m, tp_ops._ElementWiseOp) and (
-            not item.node.inputs  # an op on a weight (e.g. Linear's transpose), not on data
-            or _linear_internal(item.node) or _op_name(item.node) in _CHANNELWISE or _zero_preserving(item.node)):
+    if kind == "elementwise" and (
+            _weight_op(item.node) or _linear_internal(item.node) or op_name(item.node) in _CHANNELWISE or _zero_preserving(item.node)):
         return ""
-    return f"unsupported operation {item.node.module!r} is tied to its channels"
+    if kind == "parameter":
+        return f"a per-channel parameter of shape {tuple(m.shape)} is tied to its channels"
+    what = op_name(item.node) if kind == "elementwise" else type(m).__name__
+    return f"unsupported operation '{what}' is tied to its channels"
 
 
-def _map_to_root(item: _Item, values: torch.Tensor, width: int) -> torch.Tensor:
+def _map_to_root(item: GroupItem, values: torch.Tensor, width: int) -> torch.Tensor:
     """Bool over root channels: AND of ``values[idx]`` over the idxs each root channel maps to."""
     out = torch.ones(width, dtype=torch.bool)
     covered = torch.zeros(width, dtype=torch.bool)
@@ -269,9 +209,9 @@ def _map_to_root(item: _Item, values: torch.Tensor, width: int) -> torch.Tensor:
 class _Analysis:
     """Decides, group by group, which root channels may be removed."""
 
-    def __init__(self, dg: tp.DependencyGraph, site_nodes: dict[str, Any],
-                 masks: dict[str, torch.Tensor], exact: bool, min_units: int):
-        self.dg, self.site_nodes, self.masks = dg, site_nodes, masks
+    def __init__(self, dg: Any, site_nodes: dict[str, Any],
+                 masks: dict[str, torch.Tensor], exact: bool, min_units: int, shared: set[int]):
+        self.dg, self.site_nodes, self.masks, self.shared = dg, site_nodes, masks, shared
         self.node_site = {node: name for name, node in site_nodes.items()}
         self.exact, self.min_units = exact, min_units
         self.already = {name: 0 for name in masks}  # units planned away by earlier groups
@@ -280,17 +220,25 @@ class _Analysis:
         """The group of the site's ``channels`` (root indices stay the site's own numbering)."""
         node = self.site_nodes[name]
         width = self.masks[name].numel()
-        pruner = self.dg.get_pruner_of_module(node.module)
-        tg = self.dg.get_pruning_group(node.module, pruner.prune_out_channels, channels)
-        items = [_Item(it.dep.target, it.dep.handler, list(it.idxs), list(it.root_idxs)) for it in tg]
-        sites = {self.node_site[it.node]: it for it in items if it.node in self.node_site}
-        g = _Group(name, width, items, sites)
-        self._decide(g)
+        try:
+            items = tp_compat.pruning_group(self.dg, node.module, channels)
+            sites = {self.node_site[it.node]: it for it in items if it.node in self.node_site}
+            g = _Group(name, width, items, sites)
+            self._decide(g)
+            out_of_range = [n for n, it in sites.items() if max(it.idxs, default=-1) >= self.masks[n].numel()]
+            if out_of_range and not g.blocked:
+                raise IndexError(f"site '{out_of_range[0]}' mapped beyond its width")
+            g.sites = {n: it for n, it in sites.items() if n not in out_of_range}
+        except Exception as e:  # torch-pruning cannot map this graph shape: keep the group whole
+            root = GroupItem(node, None, list(channels), list(channels))
+            g = _Group(name, width, [root], {name: root},
+                       blocked=f"torch-pruning cannot map its channels ({type(e).__name__}: {e})")
+            g.removable = g.allowed = torch.zeros(width, dtype=torch.bool)
         return g
 
     def _decide(self, g: _Group) -> None:
         for it in g.items:
-            reason = _blocking_member(it, self.exact)
+            reason = _blocking_member(it, self.exact, self.shared)
             if reason:
                 g.blocked, g.removable = reason, torch.zeros(g.root_width, dtype=torch.bool)
                 g.allowed = g.removable
@@ -310,6 +258,22 @@ class _Analysis:
         memo: dict[Any, torch.Tensor] = {}
         none = torch.zeros(g.root_width, dtype=torch.bool)
 
+        def covered(it: GroupItem) -> torch.Tensor:
+            cov = none.clone()
+            cov[torch.as_tensor(it.root_idxs, dtype=torch.long)] = True
+            return cov
+
+        def through(inputs: list[Any]) -> torch.Tensor:
+            """Root channels that are zero in every input carrying them (a shared layer's
+            calls, a concatenation's parts), and carried by at least one."""
+            acc, carried = ~none, none.clone()
+            for inp in inputs:
+                if inp in members and not _weight_op(inp):
+                    cov = covered(members[inp])
+                    acc &= zero(inp) | ~cov
+                    carried |= cov
+            return acc & carried
+
         def zero(node: Any) -> torch.Tensor:
             if node in memo:
                 return memo[node]
@@ -322,8 +286,7 @@ class _Analysis:
             if name is not None:
                 result |= _map_to_root(it, self.masks[name], g.root_width)
             if name is not None or _zero_preserving(node):
-                for inp in node.inputs:
-                    result |= zero(inp)
+                result |= through(node.inputs)
             memo[node] = result
             return result
 
@@ -332,12 +295,7 @@ class _Analysis:
         for it in g.items:
             if _is_consumer(self.dg, it):
                 has_consumer = True
-                reads = torch.zeros(g.root_width, dtype=torch.bool)
-                for inp in _data_inputs(it.node):
-                    reads |= zero(inp)
-                covered = torch.zeros(g.root_width, dtype=torch.bool)
-                covered[torch.as_tensor(it.root_idxs, dtype=torch.long)] = True
-                removable &= reads | ~covered
+                removable &= through(_data_inputs(it.node)) | ~covered(it)
         if not has_consumer:
             return torch.zeros(g.root_width, dtype=torch.bool)
         # never remove a channel that no site of the group reports dead
@@ -357,15 +315,15 @@ class _Analysis:
                 break
         return removable
 
-    def _constrain_item(self, it: _Item, removable: torch.Tensor) -> torch.Tensor:
+    def _constrain_item(self, it: GroupItem, removable: torch.Tensor) -> torch.Tensor:
         m = it.node.module
         idx = torch.as_tensor(it.idxs, dtype=torch.long)
         root = torch.as_tensor(it.root_idxs, dtype=torch.long)
         local = removable[root]  # per mapped channel of this member
         name = self.node_site.get(it.node)
-        if name is not None or (self.dg.is_out_channel_pruning_fn(it.fn)
+        if name is not None or (not tp_compat.is_in_channel_fn(self.dg, it.handler)
                                 and isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))):
-            width = self.masks[name].numel() if name is not None else self.dg.get_out_channels(m)
+            width = self.masks[name].numel() if name is not None else tp_compat.out_channels(self.dg, m)
             floor = self.min_units if name is not None else 1
             gone = torch.unique(idx[local])
             excess = gone.numel() + self.already.get(name, 0) - (width - floor)
@@ -381,13 +339,13 @@ class _Analysis:
             if partial.any():
                 removable[root[partial]] = False
         if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups \
-                and tp_ops.module2type(m) != tp_ops.OPTYPE.DEPTHWISE_CONV:
-            size = m.in_channels if self.dg.is_in_channel_pruning_fn(it.fn) else m.out_channels
+                and not tp_compat.is_depthwise(m):
+            size = m.in_channels if tp_compat.is_in_channel_fn(self.dg, it.handler) else m.out_channels
             per = size // m.groups
             counts = torch.zeros(m.groups, dtype=torch.long).scatter_add_(
                 0, idx // per, local.long())
             # an output side keeps 2 per group: at 1, torch-pruning takes the conv for depthwise
-            keep = 2 if not self.dg.is_in_channel_pruning_fn(it.fn) and m.in_channels > m.groups else 1
+            keep = 2 if not tp_compat.is_in_channel_fn(self.dg, it.handler) and m.in_channels > m.groups else 1
             quota = max(0, min(int(counts.min()), per - keep))
             taken = torch.zeros(m.groups, dtype=torch.long)
             for k in range(len(idx)):
@@ -402,8 +360,12 @@ class _Analysis:
 
 # ----------------------------------------------------------------------------- entry point
 
-def build_graph(model: nn.Module, example_inputs: Any) -> tuple[tp.DependencyGraph, dict[str, Any], dict[str, int]]:
-    """Trace the model once: its dependency graph, each site's graph node, and site widths."""
+def build_graph(model: nn.Module, example_inputs: Any, pruners: Optional[Mapping[Any, Any]] = None
+                ) -> tuple[Any, dict[str, Any], dict[str, int]]:
+    """Trace the model once: its dependency graph, each site's graph node, and site widths.
+
+    ``pruners`` adds torch-pruning pruners for layer types (or instances) it cannot see into.
+    """
     grad_fns: list[Any] = []
     widths: list[int] = []
 
@@ -417,10 +379,15 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tuple[tp.DependencyGra
         with tracer:
             return call_model(m, x)
 
-    with eval_mode(model), torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_inputs, forward_fn=forward,
-            customized_pruners={ChannelSelect: ChannelSelectPruner()}, verbose=False)
+    try:
+        dg = tp_compat.build_dependency(model, example_inputs, forward,
+                                        {ChannelSelect: ChannelSelectPruner(), **(pruners or {})})
+    except DempError:
+        raise
+    except Exception as e:
+        raise DempError(f"{type(model).__name__} cannot run on example_inputs ({type(e).__name__}: "
+                        f"{e}); give inputs of the shape it expects: a tensor, a tuple of positional "
+                        "inputs or a dict of keyword inputs") from None
     names = tracer.names()
     by_grad_fn = {node.grad_fn: node for node in dg.module2node.values()}
     nodes = {n: by_grad_fn[g] for n, g in zip(names, grad_fns) if g is not None and g in by_grad_fn}
@@ -445,18 +412,24 @@ def _validate_masks(dead: Mapping[str, Any], widths: dict[str, int]) -> dict[str
 
 
 def _check_finite(model: nn.Module) -> None:
+    """Refuse NaN or inf in parameters and floating-point buffers (BatchNorm statistics)."""
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
             raise DempError(f"parameter '{name}' holds NaN or inf (did training diverge? lower "
                             "the learning rate or reg_peak); nothing was removed")
+    for name, b in model.named_buffers():
+        if b.is_floating_point() and not torch.isfinite(b).all():
+            raise DempError(f"buffer '{name}' holds NaN or inf (normalisation statistics went "
+                            "bad: re-estimate them or restart from a checkpoint); nothing was removed")
 
 
 def _plan(analysis: _Analysis, full: dict[str, torch.Tensor],
-          sites: dict[str, SiteRemoval]) -> list[tuple[_Group, list[int]]]:
+          sites: dict[str, SiteRemoval]) -> tuple[list[tuple[_Group, list[int]]], dict[str, torch.Tensor]]:
     """Split the sites' channels into disjoint groups and decide what each may lose.
 
     A group rooted at one site can cover part of another site's channels (a concat), so
-    each site is rooted only at channels no earlier group covered.  Fills ``sites``.
+    each site is rooted only at channels no earlier group covered.  Fills ``sites``;
+    returns the groups to prune and, per site, the units that will go.
     """
     covered = {n: torch.zeros_like(m) for n, m in full.items()}
     removed = {n: torch.zeros_like(m) for n, m in full.items()}
@@ -485,7 +458,7 @@ def _plan(analysis: _Analysis, full: dict[str, torch.Tensor],
     for n, rec in sites.items():
         rec.removed = int(removed[n].sum())
         rec.kept_dead = int((full[n] & ~removed[n]).sum())
-    return plans
+    return plans, removed
 
 
 def _add_reason(rec: SiteRemoval, reason: str, count: int) -> None:
@@ -493,56 +466,225 @@ def _add_reason(rec: SiteRemoval, reason: str, count: int) -> None:
         rec.reasons[reason] = rec.reasons.get(reason, 0) + count
 
 
-def _prune(dg: tp.DependencyGraph, root: Any, g: _Group, gone: list[int]) -> None:
-    """Prune one group's channels; GroupNorms keep their channels-per-group."""
-    per_group = {it.node.module: it.node.module.num_channels // it.node.module.num_groups
-                 for it in g.items if isinstance(it.node.module, nn.GroupNorm)}
-    pruner = dg.get_pruner_of_module(root)
-    dg.get_pruning_group(root, pruner.prune_out_channels, gone).prune(record_history=False)
-    for gn, per in per_group.items():
-        gn.num_groups = gn.num_channels // per
+class _Refused(Exception):
+    """A removal that failed inside surgery or would change the model: where, and why."""
+
+    def __init__(self, where: str, why: str):
+        super().__init__(f"{why} (at {where})")
+        self.where, self.why = where, why
+
+
+@dataclass(frozen=True)
+class _Options:
+    min_units: int
+    exact: bool
+    verify: bool
+    train_check: bool                   # the unpruned model runs in train mode, so must the pruned
+    pruners: Mapping[Any, Any]
+
+
+def _prune_all(dg: Any, site_nodes: dict[str, Any], plans: list[tuple[_Group, list[int]]],
+               widths: dict[str, int]) -> None:
+    """Prune the planned groups one after another, each in its root's current numbering.
+
+    A group applied earlier may already have taken some of a later root site's channels
+    (one site spanning several concatenations), which shifts that root's indices down.
+    """
+    done = {n: torch.zeros(w, dtype=torch.bool) for n, w in widths.items()}
+    for g, gone in plans:
+        shift = torch.cumsum(done[g.root_site].long(), 0)
+        now = [i - int(shift[i]) for i in gone]
+        per_group = {it.node.module: it.node.module.num_channels // it.node.module.num_groups
+                     for it in g.items if isinstance(it.node.module, nn.GroupNorm)}
+        try:
+            tp_compat.prune_out_channels(dg, site_nodes[g.root_site].module, now)
+        except Exception as e:  # torch-pruning's own errors (IndexError, KeyError, ...)
+            raise _Refused(f"site '{g.root_site}'", f"torch-pruning failed: {type(e).__name__}: {e}") from e
+        for gn, per in per_group.items():  # GroupNorms keep their channels-per-group
+            gn.num_groups = gn.num_channels // per
+        for name, it in g.sites.items():
+            idx = torch.as_tensor(it.idxs, dtype=torch.long)
+            done[name][idx] |= g.removable[torch.as_tensor(it.root_idxs, dtype=torch.long)]
+
+
+def _outputs(model: nn.Module, example_inputs: Any, zero: list[Optional[torch.Tensor]]) -> list[torch.Tensor]:
+    """Eval-mode outputs with the units ``zero[k]`` of the k-th site call forced to 0."""
+    def on_site(call, out):
+        mask = zero[call.index] if call.index < len(zero) else None
+        if mask is not None and bool(mask.any()):
+            shape = [1] * out.dim()
+            shape[call.channel_dim] = -1
+            out.masked_fill_(mask.to(out.device).view(shape), 0)  # in place: callers of ReLU_ keep `out`
+        return out
+
+    with eval_mode(model), torch.no_grad(), SiteTracer(model, on_site):
+        return [t.detach().clone() for t in flatten_outputs(call_model(model, example_inputs))]
+
+
+def _train_forward(model: nn.Module, example_inputs: Any) -> str:
+    """'' when one train-mode forward runs; modes, buffers and RNG are left as they were."""
+    try:
+        with kept_modes(model), kept_buffers(model, rng=True), torch.no_grad():
+            call_model(model.train(), example_inputs)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+def _verify(model: nn.Module, example_inputs: Any, reference: list[torch.Tensor], train_check: bool) -> str:
+    """'' when the pruned model computes ``reference`` and still runs in train mode."""
+    try:
+        problem = compare_outputs(reference, _outputs(model, example_inputs, []))
+    except Exception as e:
+        return f"the pruned model's forward pass fails ({type(e).__name__}: {e})"
+    if not problem and train_check:
+        failed = _train_forward(model, example_inputs)
+        problem = f"the pruned model fails in train mode ({failed})" if failed else ""
+    return problem
+
+
+def _attempt(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
+             optimizer: Optional[torch.optim.Optimizer], opts: _Options
+             ) -> tuple[dict[str, SiteRemoval], dict[str, torch.Tensor]]:
+    """Plan and apply one removal; ``_Refused`` (model possibly half changed) when it is not exact.
+
+    The removal must equal zeroing, at each site, the units that go and were marked: a unit
+    that goes without being marked (a shared layer's other call, a coupled live channel)
+    is then a difference, and so is any channel that left without passing through a site.
+    """
+    def on_replace(old, new, slicer):
+        if optimizer is not None:
+            move_optimizer_state(optimizer, old, new, slicer)
+
+    # one recording context for tracing and pruning: the graph binds the patched handlers
+    with tp_compat.recording(on_replace):
+        dg, site_nodes, widths = build_graph(model, example_inputs, opts.pruners)
+        if not widths:
+            raise DempError(f"{type(model).__name__} has no ReLU site (nn.ReLU, F.relu, torch.relu)")
+        masks = _validate_masks(dead, widths)
+        full = {n: masks.get(n, torch.zeros(w, dtype=torch.bool)) for n, w in widths.items()}
+        sites = {n: SiteRemoval(w, dead=int(full[n].sum())) for n, w in widths.items()}
+        for n in widths:
+            if n not in site_nodes:
+                _add_reason(sites[n], "its output does not reach the model output", sites[n].dead)
+        analysis = _Analysis(dg, site_nodes, full, opts.exact, opts.min_units, _shared_params(model))
+        plans, removed = _plan(analysis, full, sites)
+        if not plans:
+            return sites, removed
+        reference = (_outputs(model, example_inputs, [removed[n] & full[n] for n in widths])
+                     if opts.verify else [])
+        _prune_all(dg, site_nodes, plans, widths)
+    if opts.verify:
+        problem = _verify(model, example_inputs, reference, opts.train_check)
+        if problem:
+            where = ", ".join(f"'{n}'" for n in widths if removed[n].any())
+            raise _Refused(f"site(s) {where}", problem)
+    return sites, removed
+
+
+def _retry_by_site(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
+                   optimizer: Optional[torch.optim.Optimizer], opts: _Options) -> dict[str, SiteRemoval]:
+    """After a refused removal, try each site's units on their own; keep what is exact."""
+    widths = {s.name: s.width for s in list_sites(model, example_inputs)}
+    full = {n: torch.as_tensor(dead[n]).cpu() if n in dead else torch.zeros(w, dtype=torch.bool)
+            for n, w in widths.items()}
+    alive = {n: torch.ones(w, dtype=torch.bool) for n, w in widths.items()}
+    sites = {n: SiteRemoval(w, dead=int(full[n].sum())) for n, w in widths.items()}
+    for name in widths:
+        todo = full[name] & alive[name]
+        if not todo.any():
+            continue
+        snapshot = Snapshot(model, optimizer)
+        try:
+            own, removed = _attempt(model, {name: full[name][alive[name]]}, example_inputs, optimizer, opts)
+        except _Refused as failure:
+            snapshot.restore()
+            _add_reason(sites[name], f"removing them would not be exact: {failure.why}", int(todo.sum()))
+            continue
+        except BaseException:
+            snapshot.restore()
+            raise
+        for n, r in removed.items():
+            idx = alive[n].nonzero().flatten()
+            alive[n][idx[r]] = False
+        for reason, count in own[name].reasons.items():
+            _add_reason(sites[name], reason, count)
+    for n, rec in sites.items():
+        rec.removed = int((~alive[n]).sum())
+        rec.kept_dead = int((full[n] & alive[n]).sum())
+    return sites
+
+
+def _shared_params(model: nn.Module) -> set[int]:
+    """ids of Parameters that more than one module holds (tied weights)."""
+    seen: dict[int, int] = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                seen[id(p)] = seen.get(id(p), 0) + 1
+    return {i for i, k in seen.items() if k > 1}
+
+
+def _check_request(model: nn.Module, dead: Any, example_inputs: Any,
+                   optimizer: Optional[torch.optim.Optimizer], min_units: int) -> None:
+    """Refuse bad arguments with a DempError before anything is touched."""
+    if min_units < 1:
+        raise DempError(f"min_units must be >= 1 (a layer may never reach zero width), got {min_units}")
+    if not isinstance(dead, Mapping):
+        raise DempError("dead must be a dict {site name: BoolTensor}, as returned by find_dead_units")
+    if model_device(model).type == "meta":
+        raise DempError("the model is on the meta device (it has no values); load or initialise "
+                        "its weights and move it to a real device first")
+    check_inputs(example_inputs, "example_inputs")
+    check_device(model, example_inputs, "example_inputs")
+    parametrized = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]
+    if parametrized:
+        raise DempError(f"module '{parametrized[0]}' has a parametrization (weight_norm, "
+                        "spectral_norm, ...), which DemP cannot slice yet; remove it with "
+                        "torch.nn.utils.parametrize.remove_parametrizations before removal")
+    if optimizer is not None:
+        own = {id(p) for p in model.parameters()}
+        if not any(id(p) in own for g in optimizer.param_groups for p in g["params"]):
+            raise DempError("the optimizer holds none of the model's parameters (was it built "
+                            "for another model, or before the model was replaced?)")
+        check_optimizer(optimizer, model)
+    _check_finite(model)
 
 
 def remove_units(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
                  optimizer: Optional[torch.optim.Optimizer] = None, *, min_units: int = 1,
-                 exact: bool = True) -> RemovalReport:
+                 exact: bool = True, verify: bool = True,
+                 pruners: Optional[Mapping[Any, Any]] = None) -> RemovalReport:
     """Remove the given units from ``model`` in place and slice ``optimizer``'s state to match.
 
     ``dead`` maps site names to BoolTensors (True = remove).  With ``exact`` (the default)
     a unit goes only when removal keeps the network's function on the data the masks came
     from; dead units that must stay are reported with the reason.  ``exact=False`` removes
     marked units even if they are live (used by the baselines).
+
+    With ``verify`` (the default) the removal is all-or-nothing: the pruned model must give,
+    on ``example_inputs``, the outputs of the original with the removed units set to zero,
+    and still run in train mode.  Otherwise the model and optimizer are restored exactly
+    and each site is retried alone; units whose removal is not exact stay, with the reason.
+    ``example_inputs`` is a tensor, a tuple of positional inputs or a dict of keyword inputs.
+    ``pruners`` maps layer types (or instances) to extra torch-pruning pruners
+    (``demp.core.tp_compat.BasePruningFunc``) for layers the dependency graph cannot see into.
     """
     start = time.perf_counter()
-    if min_units < 1:
-        raise DempError(f"min_units must be >= 1 (a layer may never reach zero width), got {min_units}")
-    if not isinstance(dead, Mapping):
-        raise DempError("dead must be a dict {site name: BoolTensor}, as returned by find_dead_units")
-    check_device(model, example_inputs, "example_inputs")
-    if optimizer is not None:
-        check_optimizer(optimizer, model)
-    _check_finite(model)
-    def on_replace(old, new, slicer):
-        if optimizer is not None:
-            move_optimizer_state(optimizer, old, new, slicer)
-
-    # one recording context for tracing and pruning: the graph binds the patched handlers
-    with _recording(on_replace):
-        dg, site_nodes, widths = build_graph(model, example_inputs)
-        if not widths:
-            raise DempError(f"{type(model).__name__} has no ReLU site (nn.ReLU, F.relu, torch.relu)")
-        masks = _validate_masks(dead, widths)
-        full = {n: masks.get(n, torch.zeros(w, dtype=torch.bool)) for n, w in widths.items()}
-        params_before = count_params(model)
-        sites = {n: SiteRemoval(w, dead=int(full[n].sum())) for n, w in widths.items()}
-        for n in widths:
-            if n not in site_nodes:
-                _add_reason(sites[n], "its output does not reach the model output", sites[n].dead)
-
-        plans = _plan(_Analysis(dg, site_nodes, full, exact, min_units), full, sites)
-        for g, gone in plans:
-            _prune(dg, site_nodes[g.root_site].module, g, gone)
-    return RemovalReport(units_before=sum(widths.values()),
+    _check_request(model, dead, example_inputs, optimizer, min_units)
+    params_before = count_params(model)
+    train_check = verify and not _train_forward(model, example_inputs)
+    opts = _Options(min_units, exact, verify, train_check, dict(pruners or {}))
+    snapshot = Snapshot(model, optimizer)
+    try:
+        sites, _ = _attempt(model, dead, example_inputs, optimizer, opts)
+    except _Refused:
+        snapshot.restore()
+        sites = _retry_by_site(model, dead, example_inputs, optimizer, opts)
+    except BaseException:
+        snapshot.restore()
+        raise
+    return RemovalReport(units_before=sum(s.width_before for s in sites.values()),
                          units_removed=sum(s.removed for s in sites.values()),
                          params_before=params_before, params_after=count_params(model),
                          sites=sites, seconds=time.perf_counter() - start)

@@ -1,0 +1,182 @@
+"""The one place that touches torch-pruning internals (tested against torch-pruning 1.6.1).
+
+DemP uses torch-pruning's dependency graph to find which layers share a ReLU site's
+channels and to slice them.  Everything version-specific lives here: the patched parameter
+replacement that lets the optimizer follow, the grouped-conv input slicer, graph
+construction (which must not leave the model in eval mode), group items and node kinds.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning import ops as tp_ops
+from torch_pruning.pruner import function as tp_fn
+
+from demp.core.utils import kept_modes
+from demp.errors import DempError
+
+TESTED_VERSION = "1.6.1"
+Slicer = Callable[[torch.Tensor], torch.Tensor]
+BasePruningFunc = tp_fn.BasePruningFunc
+"""Base class for per-layer pruners (torch-pruning's customised pruners)."""
+
+
+def _installed_version() -> str:
+    """The installed distribution's version (torch_pruning.__version__ says 1.6.0 in 1.6.1)."""
+    try:
+        return importlib.metadata.version("torch-pruning")
+    except importlib.metadata.PackageNotFoundError:
+        return getattr(tp, "__version__", "unknown")
+
+
+def check_version() -> None:
+    """Warn when torch-pruning is not the version DemP's patches were written for."""
+    found = _installed_version()
+    if found != TESTED_VERSION:
+        warnings.warn(f"torch-pruning {found} is installed but DemP was tested with "
+                      f"{TESTED_VERSION}; removals are still verified and refused when they would "
+                      f"change the model, but pin torch-pruning=={TESTED_VERSION} to be safe",
+                      stacklevel=2)
+
+
+check_version()
+
+
+# ----------------------------------------------------------------------------- nodes and groups
+
+@dataclass
+class GroupItem:
+    """One member of a pruning group: graph node, its pruning handler, and index maps.
+
+    ``idxs[k]`` is the member's own channel that root channel ``root_idxs[k]`` maps to.
+    """
+    node: Any
+    handler: Any
+    idxs: list[int]
+    root_idxs: list[int]
+
+
+def pruning_group(dg: tp.DependencyGraph, module: nn.Module, idxs: Sequence[int]) -> list[GroupItem]:
+    """The layers (and ops) whose channels are tied to output channels ``idxs`` of ``module``."""
+    pruner = dg.get_pruner_of_module(module)
+    group = dg.get_pruning_group(module, pruner.prune_out_channels, list(idxs))
+    return [GroupItem(it.dep.target, it.dep.handler, [int(i) for i in it.idxs],
+                      [int(i) for i in it.root_idxs]) for it in group]
+
+
+def prune_out_channels(dg: tp.DependencyGraph, module: nn.Module, idxs: Sequence[int]) -> None:
+    """Remove output channels ``idxs`` of ``module`` and every tied channel of the group."""
+    pruner = dg.get_pruner_of_module(module)
+    dg.get_pruning_group(module, pruner.prune_out_channels, list(idxs)).prune(record_history=False)
+
+
+def node_kind(node: Any) -> str:
+    """What a graph node is: 'conv', 'depthwise_conv', 'linear', 'bn', 'concat', 'split',
+    'reshape', 'slice', 'expand', 'unbind', 'output', 'elementwise', 'customized', ..."""
+    return tp_ops.module2type(node.module).name.lower()
+
+
+def op_name(node: Any) -> str:
+    """Autograd op name of a traced op without 'Backward', e.g. 'relu', 'add', 'asstrided'."""
+    return re.sub(r"backward\d*$", "", str(node.module._grad_fn).lower().split("::")[-1])
+
+
+def is_in_channel_fn(dg: tp.DependencyGraph, handler: Any) -> bool:
+    """True when the handler removes input channels (the member consumes the group)."""
+    return dg.is_in_channel_pruning_fn(handler)
+
+
+def out_channels(dg: tp.DependencyGraph, module: nn.Module) -> Optional[int]:
+    """Output channel count as torch-pruning sees it (None for ops without one)."""
+    return dg.get_out_channels(module)
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """torch-pruning's notion of depthwise: groups == out_channels (and > 1)."""
+    return tp_ops.module2type(module) == tp_ops.OPTYPE.DEPTHWISE_CONV
+
+
+# ----------------------------------------------------------------------------- graph
+
+def build_dependency(model: nn.Module, example_inputs: Any, forward_fn: Callable[[nn.Module, Any], Any],
+                     customized_pruners: Mapping[Any, BasePruningFunc]) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph, traced in eval mode; every module's mode is kept.
+
+    ``DependencyGraph.build_dependency`` calls ``model.eval()`` and never undoes it.
+    """
+    with kept_modes(model), torch.enable_grad():
+        model.eval()
+        return tp.DependencyGraph().build_dependency(
+            model, example_inputs=example_inputs, forward_fn=forward_fn,
+            customized_pruners=dict(customized_pruners), verbose=False)
+
+
+# ----------------------------------------------------------------------------- recording
+
+def _select(dim: int, keep: torch.Tensor) -> Slicer:
+    return lambda t: t.index_select(dim, keep.to(t.device))
+
+
+def _grouped_in_slicer(layer: nn.modules.conv._ConvNd, idxs: Sequence[int]) -> tuple[Slicer, int]:
+    """Input-column removal for a grouped (non-depthwise) conv: each group keeps its own columns."""
+    g = layer.groups
+    per = layer.in_channels // g
+    removed = set(idxs)
+    local = [[c - j * per for c in range(j * per, (j + 1) * per) if c not in removed] for j in range(g)]
+    if len({len(k) for k in local}) != 1:
+        raise DempError(f"grouped conv {layer}: removal must take the same number of input "
+                        "channels from every group")
+    rows_per = layer.out_channels // g
+    index = torch.tensor([local[r // rows_per] for r in range(layer.out_channels)], dtype=torch.long)
+
+    def slicer(t: torch.Tensor) -> torch.Tensor:
+        idx = index.to(t.device).view(t.shape[0], -1, *([1] * (t.dim() - 2))).expand(
+            -1, -1, *t.shape[2:])
+        return torch.gather(t, 1, idx)
+    return slicer, len(local[0]) * g
+
+
+@contextmanager
+def recording(on_replace: Callable[[nn.Parameter, nn.Parameter, Slicer], None]) -> Iterator[None]:
+    """Route every torch-pruning parameter replacement through ``on_replace``.
+
+    Also keeps ``requires_grad`` of frozen parameters and prunes grouped convs' input
+    columns group by group (torch-pruning 1.6.1 does neither).
+    """
+    base, conv = tp_fn.BasePruningFunc, tp_fn.ConvPruner
+    orig_param, orig_conv_in = base._prune_parameter_and_grad, conv.prune_in_channels
+
+    def replace(old: nn.Parameter, slicer: Slicer) -> nn.Parameter:
+        new = nn.Parameter(slicer(old.detach()).contiguous(), requires_grad=old.requires_grad)
+        if old.grad is not None:
+            new.grad = slicer(old.grad).contiguous()
+        on_replace(old, new, slicer)
+        return new
+
+    def prune_param(self, weight, keep_idxs, dim):
+        keep = torch.as_tensor(list(keep_idxs), dtype=torch.long, device=weight.device)
+        return replace(weight, _select(dim, keep))
+
+    def prune_conv_in(self, layer, idxs):
+        if layer.groups == 1 or layer.transposed:
+            return orig_conv_in(self, layer, idxs)
+        slicer, new_in = _grouped_in_slicer(layer, idxs)
+        layer.weight = replace(layer.weight, slicer)
+        layer.in_channels = new_in
+        return layer
+
+    base._prune_parameter_and_grad = prune_param
+    conv.prune_in_channels = prune_conv_in
+    try:
+        yield
+    finally:
+        base._prune_parameter_and_grad = orig_param
+        conv.prune_in_channels = orig_conv_in
