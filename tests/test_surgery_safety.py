@@ -5,7 +5,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import demp
-from demp import DempError
 from demp.core import tp_compat
 from archs import ARCHS, example, plant_dead, randomise_norms
 

@@ -118,13 +118,14 @@ class DemonPruner:
 
     ``probe``: re-iterable batches of un-augmented training inputs for the dead checks.
     ``calibration``: re-iterable batches of training-like (augmented) inputs for the
-    BatchNorm re-estimation; default: the probe.  Settings are ``DemPConfig``'s fields,
-    given as keywords or as ``config``.
+    BatchNorm re-estimation; default: the probe.  ``pruners``: extra torch-pruning pruners
+    for layer types the dependency graph cannot see into (passed to ``remove_units``).
+    Settings are ``DemPConfig``'s fields, given as keywords or as ``config``.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, example_inputs: Any,
                  total_steps: int, probe: Iterable[Any], *, calibration: Optional[Iterable[Any]] = None,
-                 config: Optional[DemPConfig] = None, **options: Any):
+                 config: Optional[DemPConfig] = None, pruners: Optional[dict] = None, **options: Any):
         names = {f.name for f in fields(DemPConfig)}
         unknown = set(options) - names
         if unknown:
@@ -141,6 +142,7 @@ class DemonPruner:
         self.model, self.optimizer = model, optimizer
         self.example_inputs, self.probe, self.total_steps = example_inputs, probe, total_steps
         self.calibration = calibration if calibration is not None else probe
+        self.pruners = pruners
         span = max(1, round(c.reg_span * total_steps))
         self.reg_schedule: Schedule = make_schedule(c.schedule, c.reg_peak, span)
         self.noise_schedule: Schedule = make_schedule(c.schedule, c.noise_peak, span)
@@ -259,7 +261,7 @@ class DemonPruner:
         dead = self._within_budget(scan, units) if self.budget and scan.dead_units else scan.dead
         if any(bool(m.any()) for m in dead.values()):
             report = remove_units(self.model, dead, self.example_inputs, self.optimizer,
-                                  min_units=self.config.min_units)
+                                  min_units=self.config.min_units, pruners=self.pruners)
             self._refresh_params()
         else:
             report = RemovalReport(units, 0, params, params, {})

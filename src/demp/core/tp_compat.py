@@ -94,6 +94,11 @@ def is_in_channel_fn(dg: tp.DependencyGraph, handler: Any) -> bool:
     return dg.is_in_channel_pruning_fn(handler)
 
 
+def is_out_channel_fn(dg: tp.DependencyGraph, handler: Any) -> bool:
+    """True when the handler removes output channels (the member produces the group's units)."""
+    return dg.is_out_channel_pruning_fn(handler)
+
+
 def out_channels(dg: tp.DependencyGraph, module: nn.Module) -> Optional[int]:
     """Output channel count as torch-pruning sees it (None for ops without one)."""
     return dg.get_out_channels(module)

@@ -23,6 +23,7 @@ from demp.core.detection import SiteTracer, call_model, list_sites
 from demp.core.utils import kept_buffers, kept_modes, model_device
 from demp.errors import DempError
 from demp.core.surgery import build_graph
+from demp.core.tp_compat import is_out_channel_fn, pruning_group
 
 Scores = dict[str, torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -150,13 +151,10 @@ def site_groups(model: nn.Module, example: Any) -> dict[str, tuple[int, list[_Me
     for name, width in widths.items():
         members = []
         if name in nodes:
-            root = nodes[name].module
-            pruner = dg.get_pruner_of_module(root)
-            for item in dg.get_pruning_group(root, pruner.prune_out_channels, list(range(width))):
-                m = _Member(item.dep.target.module, dg.is_out_channel_pruning_fn(item.dep.handler),
-                            node_site.get(item.dep.target),
-                            torch.as_tensor(list(item.idxs), dtype=torch.long),
-                            torch.as_tensor(list(item.root_idxs), dtype=torch.long))
+            for item in pruning_group(dg, nodes[name].module, range(width)):
+                m = _Member(item.node.module, is_out_channel_fn(dg, item.handler), node_site.get(item.node),
+                            torch.as_tensor(item.idxs, dtype=torch.long),
+                            torch.as_tensor(item.root_idxs, dtype=torch.long))
                 if m.site is None or int(m.idxs.max()) < widths[m.site]:
                     members.append(m)
         groups[name] = (width, members)
