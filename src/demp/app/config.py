@@ -56,8 +56,8 @@ class TrainConfig:
     recalibrate_eval: bool = False      # re-estimate BatchNorm statistics before each evaluation
     checkpoint_every: int = 0           # steps between checkpoints (0: only at epoch ends)
     log_every: int = 50                 # steps between metrics lines
-    channels_last: Optional[bool] = None  # None: on for 4-D inputs (faster convs on CUDA and AVX-512 CPUs)
-    autocast: str = "auto"              # auto (CUDA: bf16/fp16; CPU: off) | off | bf16 | fp16
+    channels_last: Optional[bool] = None  # None: on for CUDA and AVX-512 CPUs (1.3x per VGG step, bench_cpu_formats)
+    autocast: str = "auto"              # auto (CUDA: bf16/fp16; CPU: off) | off | bf16 (CPU: 1.4x, 1.7x with channels-last) | fp16
 
 
 @dataclass

@@ -67,7 +67,8 @@ class Speed:
     @staticmethod
     def choose(cfg: Config, device: torch.device) -> "Speed":
         cuda = device.type == "cuda"
-        channels_last = cuda if cfg.train.channels_last is None else cfg.train.channels_last
+        fast_cpu = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
+        channels_last = (cuda or fast_cpu) if cfg.train.channels_last is None else cfg.train.channels_last
         kind = cfg.train.autocast
         if kind == "auto":
             kind = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "off"
