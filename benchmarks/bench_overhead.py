@@ -4,13 +4,16 @@
   over a plain step, VGG-16-BN width 0.25, CIFAR-size batch 128.  Target <= 1.03.  Also
   with noise every 4 steps (sigma * 2, the same random-walk variance).
 - dead_check_in_steps: one dead check on 1,536 CIFAR-size images, in training steps.  < 10.
+  cpu_config_check_in_steps: the CPU configs' check (BatchNorm re-estimated on 4 batches of
+  128, then 1,024 probe images); with prune_every P the checks cost about this / P of training.
 - removal_in_steps: one removal event on ResNet-18 (30% of units planted dead), in ResNet-18
   training steps.  < 10.
 - pruned_vs_fresh: step time of a pruned VGG over the same architecture built fresh at the
   pruned widths.  Target within 1.05.
 
 Plain and DemP steps are timed in alternating blocks in one process; medians are reported.
-Usage: python benchmarks/bench_overhead.py [--quick] [--resnet-width 1.0]
+Steps use the CPU configs' channels-last + bf16 autocast unless --plain-format.
+Usage: python benchmarks/bench_overhead.py [--quick] [--resnet-width 1.0] [--plain-format]
 """
 from __future__ import annotations
 
@@ -25,12 +28,17 @@ import torch.nn.functional as F
 
 import demp
 from demp.app.models import create_model
+from demp.core.batchnorm import recalibrated
 from demp.app.models.vgg import VGG
+
+
+AUTOCAST = {"on": False}
 
 
 def step_fn(model: nn.Module, opt: torch.optim.Optimizer, x, y, pruner=None) -> None:
     """One training step, with DemP's two calls when a pruner is given."""
-    loss = F.cross_entropy(model(x), y)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=AUTOCAST["on"]):
+        loss = F.cross_entropy(model(x), y)
     if pruner is not None:
         loss = loss + pruner.penalty()
     opt.zero_grad(set_to_none=True)
@@ -88,21 +96,26 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     ap.add_argument("--resnet-width", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--plain-format", action="store_true",
+                    help="NCHW float32 steps instead of the CPU configs' channels-last + bf16 autocast")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    AUTOCAST["on"] = not args.plain_format
+    fmt = torch.contiguous_format if args.plain_format else torch.channels_last
     rounds, per = (2, 2) if args.quick else (5, 4)
-    x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
+    x, y = torch.randn(128, 3, 32, 32).contiguous(memory_format=fmt), torch.randint(0, 10, (128,))
     probe = [torch.randn(512, 3, 32, 32) for _ in range(3)]
-    out: dict[str, float | str] = {"device": "cpu", "threads": args.threads, "torch": torch.__version__}
+    out: dict[str, float | str] = {"device": "cpu", "threads": args.threads, "torch": torch.__version__,
+                                   "format": "nchw-fp32" if args.plain_format else "channels_last-bf16"}
 
     # 1. per-step overhead (no removal event in the timed steps)
-    plain = create_model("vgg16_bn", width=0.25)
+    plain = create_model("vgg16_bn", width=0.25).to(memory_format=fmt)
     popt = torch.optim.AdamW(plain.parameters(), lr=1e-3)
     step_fn(plain, popt, x, y)
     fns = {"plain": lambda: step_fn(plain, popt, x, y)}
     for k in (1, 4):
-        model = create_model("vgg16_bn", width=0.25)
+        model = create_model("vgg16_bn", width=0.25).to(memory_format=fmt)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         pruner = demp.DemonPruner(model, opt, x[:2], total_steps=10_000, probe=probe,
                                   reg_peak=1e-3, noise_peak=5e-5, prune_every=10_000, noise_every=k)
@@ -113,10 +126,17 @@ def main() -> None:
     out["step_overhead"] = t["demp_k1"] / t["plain"]
     out["step_overhead_noise_every_4"] = t["demp_k4"] / t["plain"]
 
-    # 2. dead check on 1,536 images, in training steps
+    # 2. dead check on 1,536 images, in training steps; with BatchNorm re-estimation on 4 batches first
     check = timed(lambda: demp.find_dead_units(plain, probe), max(2, rounds))
+    calib = [torch.randn(128, 3, 32, 32) for _ in range(4)]
+
+    def recalibrated_check() -> None:
+        with recalibrated(plain, calib):
+            demp.find_dead_units(plain, probe[:2])
+    check_cpu = timed(recalibrated_check, max(2, rounds))
     out["dead_check_s"] = check
     out["dead_check_in_steps"] = check / t["plain"]
+    out["cpu_config_check_in_steps"] = check_cpu / t["plain"]   # 4 calib batches + 1,024 probe images
 
     # 3. one removal event on ResNet-18
     resnet = create_model("resnet18", width=args.resnet_width)

@@ -96,6 +96,7 @@ class Config:
     device: str = "auto"                # auto | cpu | cuda
     threads: Optional[int] = None       # torch CPU threads (None: torch's default)
     out: Optional[str] = None           # run folder (None: runs/<dataset>-<model>-<method>-<time>)
+    label: Optional[str] = None         # a variant's name in reports (e.g. an ablation: "no-noise")
 
     def validate(self) -> "Config":
         """Raise DempError for the first bad setting; return self so calls chain."""

@@ -326,7 +326,8 @@ class Run:
                             "fwd_flops": a.fwd_flops, "wall_s": s.wall_s}, s.step)
         save_pruned(self.model, self.run_dir / MODEL_NAME)
         c = self.cfg
-        about = {"steps": self.total_steps, "epochs": c.train.epochs, "method": c.method.name,
+        about = {"steps": self.total_steps, "epochs": c.train.epochs,
+                 "method": c.method.name + (f"[{c.label}]" if c.label else ""),
                  "knob": self.method.knob_value(), "target": getattr(c.method.settings, "target", None)
                  or getattr(c.method.settings, "target_units", None), "optimizer": c.optim.name, "lr": c.optim.lr,
                  "seed": c.seed, "model": c.model.name, "width": c.model.width, "dataset": c.data.name,

@@ -13,7 +13,8 @@ forward FLOPs to keep) and a time ``by_step`` to reach it.  The rule, applied at
   need; lambda stays within [``floor``, ``ceiling``] times its start (past some strength a
   larger lambda kills nothing more: scales already at zero leave units constant, not dead);
 - once the budget is met lambda (and noise) go to zero for good, so the survivors recover, and
-  the pruner removes no more than the budget allows (dead units beyond it stay, inert).
+  the pruner removes no more than the budget allows (dead units beyond it stay, inert) and
+  runs no more dead checks.
 """
 from __future__ import annotations
 

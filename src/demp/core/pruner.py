@@ -44,7 +44,8 @@ class DemPConfig:
     reg_form: str = "l1"
     reg_target: str = "norm_scales"
     noise_mode: str = "live"
-    noise_every: int = 1                  # noise every k steps with sigma*sqrt(k)
+    noise_every: int = 4                  # noise every k steps with sigma*sqrt(k) (1: the paper; 4 keeps
+                                          # the random-walk variance at a quarter of the cost)
     probe_batches: Optional[int] = None   # use at most this many probe batches per check
     quasi_eps: tuple[float, ...] = ()
     min_units: int = 1
@@ -199,14 +200,19 @@ class DemonPruner:
             self.noise.apply(self._noise_params, sigma * math.sqrt(k), pen)
         self._penalty_scale = 0.0
         report = None
-        if self.step_count % self.config.prune_every == 0:
+        if self.step_count % self.config.prune_every == 0 and not self.budget_met:
             report = self.prune()
         self.step_count += 1
         return report
 
     def finish(self) -> Optional[RemovalReport]:
         """Final dead check and removal, so the reported accuracy is the pruned network's."""
-        return self.prune() if self.config.final_prune else None
+        return self.prune() if self.config.final_prune and not self.budget_met else None
+
+    @property
+    def budget_met(self) -> bool:
+        """A met budget allows no more removal, so dead checks stop (they would cost time only)."""
+        return bool(self.budget and self.budget.met)
 
     # ------------------------------------------------------------------ removal
     def _take(self, batches: Iterable[Any], limit: Optional[int]) -> Iterable[Any]:

@@ -24,8 +24,9 @@ folder)::
 Grid entry keys: ``method`` (a registered method), ``optim`` (a name or list; default
 ``[adamw]``), ``knob`` (list of values of the method's knob: ``method.reg_peak`` for demp,
 ``method.target`` for the baselines, none for dense; the knob's own name may be used instead
-of ``knob``, and ``target`` for demp gives its units budget) and ``set`` (overrides for this
-entry only).  Sweep-wide ``method.*`` settings apply to the methods that have them.
+of ``knob``, and ``target`` for demp gives its units budget), ``set`` (overrides for this
+entry only) and ``variant`` (a name for an entry that differs from another by ``set``, e.g.
+an ablation; it goes into the run names and, as ``label``, into the reports).  Sweep-wide ``method.*`` settings apply to the methods that have them.
 
 Overrides apply in this order: base file (or the optimizer's file), method.name (another
 method than the base file's starts from its own defaults), ``set``, the optimizer's
@@ -67,7 +68,7 @@ from demp.app.rundir import CHECKPOINT_NAME, ERROR_NAME, SUMMARY_NAME
 from demp.errors import DempError
 
 TOP_KEYS = ("name", "out", "base", "set", "optims", "grid", "seeds", "extra_seeds")
-ENTRY_KEYS = ("method", "optim", "knob", "reg_peak", "target", "set")
+ENTRY_KEYS = ("method", "optim", "knob", "reg_peak", "target", "set", "variant")
 EXTRA_KEYS = ("seeds", "near_units_removed")
 
 
@@ -94,6 +95,7 @@ class GridEntry:
     knobs: tuple[Optional[float], ...]          # (None,) for dense
     set: dict[str, Any] = field(default_factory=dict)
     knob_key: Optional[str] = None              # the method setting the knob values go to
+    variant: str = ""                           # a name for runs that differ by ``set`` (ablations)
 
 
 @dataclass
@@ -210,7 +212,10 @@ def _parse_entry(raw: Any, i: int, path: Path) -> GridEntry:
     else:
         knobs = _numbers(raw[given[0]], path, f"{where}.{given[0]}")
     key = None if knob_name is None else (knob_name if given[0] == "knob" else given[0])
-    return GridEntry(method, optims, knobs, _overrides(raw.get("set"), path, f"{where}.set"), key)
+    variant = str(raw.get("variant", ""))
+    if variant and not variant.replace("-", "").isalnum():
+        raise _fail(path, f"{where}.variant", f"use letters, digits and '-', got {variant!r}")
+    return GridEntry(method, optims, knobs, _overrides(raw.get("set"), path, f"{where}.set"), key, variant)
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -252,16 +257,18 @@ def load_sweep(path: str | Path) -> Sweep:
 
 # ----------------------------------------------------------------------------- planning
 
-def run_name(method: str, optim: str, knob: Optional[float], seed: int, tag: str = "") -> str:
-    """The run's folder name: {method}-{optim}-{tag}{knob}-s{seed} (no knob for dense).
+def run_name(method: str, optim: str, knob: Optional[float], seed: int, tag: str = "", variant: str = "") -> str:
+    """The run's folder name: {method}-{optim}-{tag}{knob}[-{variant}]-s{seed} (no knob for dense).
 
     ``tag`` is 't' when a knob other than the method's own is varied (DemP's ``target``).
     """
-    return "-".join([method, optim, *([f"{tag}{knob:g}"] if knob is not None else []), f"s{seed}"])
+    return "-".join([method, optim, *([f"{tag}{knob:g}"] if knob is not None else []),
+                     *([variant] if variant else []), f"s{seed}"])
 
 
-def entry_tag(entry: GridEntry) -> str:
-    return "t" if entry.knob_key not in (None, knob_field(entry.method)) else ""
+def entry_run_name(entry: GridEntry, optim: str, knob: Optional[float], seed: int) -> str:
+    tag = "t" if entry.knob_key not in (None, knob_field(entry.method)) else ""
+    return run_name(entry.method, optim, knob, seed, tag, entry.variant)
 
 
 def plan_runs(sweep: Sweep, seeds: Optional[Sequence[int]] = None) -> list[PlannedRun]:
@@ -271,7 +278,7 @@ def plan_runs(sweep: Sweep, seeds: Optional[Sequence[int]] = None) -> list[Plann
         for optim in entry.optims:
             for knob in entry.knobs:
                 for seed in seeds if seeds is not None else sweep.seeds:
-                    run = PlannedRun(run_name(entry.method, optim, knob, seed, entry_tag(entry)), entry, optim, knob, seed)
+                    run = PlannedRun(entry_run_name(entry, optim, knob, seed), entry, optim, knob, seed)
                     if run.name in seen:
                         raise _fail(sweep.path, f"grid[{i}]", f"run {run.name} is already planned by "
                                     f"grid[{seen[run.name]}]; each method/optimizer/knob/seed runs once")
@@ -292,7 +299,8 @@ def run_config(sweep: Sweep, run: PlannedRun, out: Optional[Path] = None) -> Con
               if not k.startswith("method.") or k.split(".", 1)[1] in own}
     layers = [("set", shared), (f"optims.{run.optim}", {} if isinstance(optim, Path) else optim),
               (f"grid entry {run.entry.method}", run.entry.set)]
-    fixed = {"optim.name": run.optim, "seed": run.seed, "out": str(out) if out else None}
+    fixed = {"optim.name": run.optim, "seed": run.seed, "out": str(out) if out else None,
+             "label": run.entry.variant or None}
     if run.knob is not None:
         fixed[f"method.{run.entry.knob_key}"] = run.knob
     layers.append((f"run {run.name}", fixed))
@@ -337,7 +345,7 @@ def plan_extra_seeds(sweep: Sweep, sweep_dir: Path) -> tuple[list[PlannedRun], l
                 continue
             for target in extra.near_units_removed:
                 chosen[(i, optim, min(removed, key=lambda k: abs(removed[k] - target)))] = None
-    runs = [PlannedRun(run_name(sweep.grid[i].method, optim, knob, seed, entry_tag(sweep.grid[i])), sweep.grid[i], optim, knob, seed)
+    runs = [PlannedRun(entry_run_name(sweep.grid[i], optim, knob, seed), sweep.grid[i], optim, knob, seed)
             for (i, optim, knob) in chosen for seed in extra.seeds if seed not in sweep.seeds]
     return runs, notes
 
