@@ -17,7 +17,8 @@ SITES = ("features.0", "features.3", "features.7", "classifier.1")
 
 
 def make_run(root: Path, name: str, *, method: str, optimizer: str = "adamw", knob=None, seed=0,
-             units: float = 1.0, acc: float = 0.8, wall: float = 100.0, epochs: int = 3) -> Path:
+             units: float = 1.0, acc: float = 0.8, wall: float = 100.0, epochs: int = 3,
+             target=None) -> Path:
     """A run folder as ``demp train`` writes it, with made-up numbers."""
     run = root / name
     run.mkdir(parents=True)
@@ -45,7 +46,8 @@ def make_run(root: Path, name: str, *, method: str, optimizer: str = "adamw", kn
                "train_flops": 3e9 * (1 + units) / 2, "wall_s": wall, "eval_s": 2.0,
                "prune_events": 0 if method == "dense" else 3, "method": method,
                "optimizer": optimizer, "knob": knob, "seed": seed, "model": "vgg16_bn",
-               "dataset": "cifar10"}
+               "dataset": "cifar10", "target": target, "fwd_flops_remaining": units ** 2,
+               "widths_final": {s: max(1, round(16 * units)) for s in SITES}}
     (run / "summary.json").write_text(json.dumps(summary))
     return run
 
@@ -61,7 +63,7 @@ def sweep(tmp_path: Path) -> Path:
                      units=units, acc=base - 0.2 * (1 - units), wall=100.0 * (0.5 + units / 2))
         for target in (0.3, 0.5, 0.7):  # spans 30-70% removed: 80% is out of reach
             make_run(root, f"snap-{opt}-{target:g}-s0", method="snap", optimizer=opt, knob=target,
-                     units=1 - target, acc=base - 0.3 * target, wall=100.0 * (1 - target / 2))
+                     units=1 - target, acc=base - 0.3 * target, wall=100.0 * (1 - target / 2), target=target)
     make_run(root, "dense-adamw-s1", method="dense", seed=1, acc=0.82, wall=120.0)
     make_run(root, "demp-adamw-0.004-s1", method="demp", knob=4e-3, seed=1, units=0.5, acc=0.74,
              wall=80.0)
@@ -164,3 +166,19 @@ def test_same_run_name_in_two_sweeps_kept_apart(tmp_path: Path):
         make_run(tmp_path / sweep, "dense-adamw-s0", method="dense")
     names = sorted(r.name for r in load_runs([tmp_path / "a", tmp_path / "b"]))
     assert names == ["a-dense-adamw-s0", "b-dense-adamw-s0"]
+
+
+def test_matched_inference_flops_and_widths_plot(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "dense", method="dense")
+    for target, acc in ((0.5, 0.7), (0.8, 0.6)):
+        make_run(root, f"demp-{target}", method="demp", knob=target, target=target, units=1 - target, acc=acc)
+        make_run(root, f"snap-{target}", method="snap", knob=target, target=target, units=1 - target, acc=acc - 0.05)
+    make_run(root, "cropit-0.8", method="cropit", knob=0.8, target=0.8, units=0.2, acc=0.4)
+    rows = [r.row() for r in load_runs([root])]
+    flops = {e["method"]: e for e in matched_table(rows, (0.75,), "fwd_flops_remaining")}
+    assert flops["demp"]["test_acc"] == pytest.approx(0.7)   # 50% of units: 75% of FLOPs removed
+    files = report([root], tmp_path / "out", plot_runs="")
+    assert "widths_at_0.8.png" in files and files["widths_at_0.8.png"].stat().st_size > 1000
+    text = files["report.md"].read_text()
+    assert "## At matched inference FLOPs" in text and "widths_at_0.8" in text

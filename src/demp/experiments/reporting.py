@@ -29,11 +29,12 @@ from typing import Any, Iterable, Optional, Sequence
 
 from demp.errors import DempError
 
-COLUMNS = ("method", "optimizer", "knob", "seed", "test_acc", "best_acc", "units_remaining",
-           "params_remaining", "fwd_flops_final", "train_flops", "wall_s")
+COLUMNS = ("method", "optimizer", "knob", "target", "seed", "test_acc", "best_acc", "units_remaining",
+           "params_remaining", "fwd_flops_final", "fwd_flops_remaining", "train_flops", "wall_s")
 METHOD_ORDER = ("dense", "demp", "snap", "cropit", "earlysnap", "earlycrop", "slimming",
                 "magnitude", "random")
 MATCHED_VALUES = ("test_acc", "params_remaining", "train_flops", "speedup")
+FLOPS_POINTS = (0.75, 0.9)   # fractions of inference FLOPs removed for the matched-FLOPs table
 _MARKERS = "osD^v<>pPX*h"
 
 Row = dict[str, Any]
@@ -167,19 +168,18 @@ def _mean_or_none(values: Iterable[Any]) -> Optional[float]:
     return mean(values) if values else None
 
 
-def curve(rows: Sequence[Row], method: str, optimizer: str) -> list[Row]:
+def curve(rows: Sequence[Row], method: str, optimizer: str, x_key: str = "units_remaining") -> list[Row]:
     """A method's curve for one optimizer: every value averaged over seeds per knob, sorted by
-    units remaining (rows need ``speedup``, see ``add_speedups``)."""
+    ``x_key`` (rows need ``speedup``, see ``add_speedups``)."""
     by_knob: dict[Any, list[Row]] = defaultdict(list)
     for r in rows:
         if r["method"] == method and r["optimizer"] == optimizer:
             by_knob[r["knob"]].append(r)
     points = [{"knob": knob, "seeds": len(group),
                **{k: _mean_or_none(r.get(k) for r in group)
-                  for k in ("units_remaining", *MATCHED_VALUES, "best_acc", "wall_s")}}
+                  for k in ("units_remaining", "fwd_flops_remaining", *MATCHED_VALUES, "best_acc", "wall_s")}}
               for knob, group in by_knob.items()]
-    return sorted((p for p in points if p["units_remaining"] is not None),
-                  key=lambda p: p["units_remaining"])
+    return sorted((p for p in points if p[x_key] is not None), key=lambda p: p[x_key])
 
 
 def interpolate(xs: Sequence[float], ys: Sequence[Optional[float]], x: float,
@@ -207,20 +207,22 @@ def method_keys(rows: Sequence[Row]) -> list[tuple[str, str]]:
     return sorted(keys, key=lambda k: (_method_rank(k[0]), k[1] or ""))
 
 
-def matched_table(rows: Sequence[Row], points: Sequence[float] = (0.5, 0.8)) -> list[dict]:
-    """Each method/optimizer at matched fractions of units removed: test_acc, params_remaining,
-    train_flops and wall-clock speed-up over dense, linearly interpolated along the method's
-    curve (seed means per knob); a value is None ("n/a") where the curve does not span the point.
+def matched_table(rows: Sequence[Row], points: Sequence[float] = (0.5, 0.8),
+                  x_key: str = "units_remaining") -> list[dict]:
+    """Each method/optimizer at matched fractions removed of ``x_key`` (units, or inference
+    FLOPs with ``fwd_flops_remaining``): test_acc, params_remaining, train_flops and wall-clock
+    speed-up over dense, linearly interpolated along the method's curve (seed means per knob);
+    a value is None ("n/a") where the curve does not span the point.
 
-    One dict per (point, method, optimizer) with keys units_removed, method, optimizer,
-    removed_min, removed_max (the span of the curve) and ``MATCHED_VALUES``.
+    One dict per (point, method, optimizer) with keys units_removed (the point, whatever
+    ``x_key``), method, optimizer, removed_min, removed_max (the span) and ``MATCHED_VALUES``.
     """
     rows = add_speedups(list(rows)) if rows and "speedup" not in rows[0] else list(rows)
     table = []
     for point in points:
         for method, optimizer in method_keys(rows):
-            pts = curve(rows, method, optimizer)
-            xs = [p["units_remaining"] for p in pts]
+            pts = curve(rows, method, optimizer, x_key)
+            xs = [p[x_key] for p in pts]
             entry = {"units_removed": point, "method": method, "optimizer": optimizer,
                      "removed_min": 1 - max(xs) if xs else None,
                      "removed_max": 1 - min(xs) if xs else None}
@@ -319,6 +321,15 @@ def markdown_report(rows: Sequence[Row], title: str, images: Sequence[Path], out
             [[f"{100 * e['units_removed']:.0f}%", e["method"], e["optimizer"], _pct(e["test_acc"], 2),
               _pct(e["params_remaining"]), _si(e["train_flops"]), _speed(e["speedup"]),
               f"{_pct(e['removed_min'], 0)}-{_pct(e['removed_max'], 0)}%"] for e in table])
+        lines.append("")
+    flops_table = [e for e in matched_table(rows, FLOPS_POINTS, "fwd_flops_remaining") if e["test_acc"] is not None]
+    if flops_table:
+        lines += ["## At matched inference FLOPs", "",
+                  "The same interpolation along the fraction of forward FLOPs removed.", ""]
+        lines += _md_table(
+            ["FLOPs removed", "method", "optimizer", "test acc", "params remaining", "train FLOPs", "speed-up"],
+            [[f"{100 * e['units_removed']:.0f}%", e["method"], e["optimizer"], _pct(e["test_acc"], 2),
+              _pct(e["params_remaining"]), _si(e["train_flops"]), _speed(e["speedup"])] for e in flops_table])
         lines.append("")
     lines += ["## Runs", ""]
     lines += _md_table(
@@ -489,6 +500,37 @@ def plot_live_units(run: Run, path: Path) -> Optional[Path]:
     return path
 
 
+def plot_widths(runs: Sequence[Run], path: Path, target: float = 0.8, optimizer: str = "adamw") -> Optional[Path]:
+    """Final width per site: dense, DemP and the most accurate baseline at ``target`` of units
+    removed (one optimizer); shows where each method takes its units from.  None without them."""
+    at = [r for r in runs if r.summary.get("optimizer") == optimizer and r.summary.get("widths_final")]
+    dense = next((r for r in at if r.summary["method"] == "dense"), None)
+    demp = [r for r in at if r.summary["method"] == "demp" and r.summary.get("target") == target]
+    rivals = [r for r in at if r.summary["method"] not in ("dense", "demp") and "[" not in r.summary["method"]
+              and r.summary.get("target") == target]
+    if dense is None or not demp or not rivals:
+        return None
+    best = max(rivals, key=lambda r: r.summary["test_acc"])
+    sites = list(dense.summary["widths_final"])
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.45 * len(sites) + 2), 4.4))
+    x = list(range(len(sites)))
+    for i, (label, run) in enumerate([("dense", dense), ("demp", demp[0]), (best.summary["method"], best)]):
+        widths = [run.summary["widths_final"].get(s, 0) for s in sites]
+        acc = f" ({100 * run.summary['test_acc']:.1f}%)" if label != "dense" else ""
+        ax.bar([v + (i - 1) * 0.28 for v in x], widths, width=0.28, label=label + acc,
+               color="lightgray" if label == "dense" else _style(label)["color"])
+    ax.set_xticks(x, [str(i + 1) for i in x])
+    ax.set(xlabel="ReLU site (input side first)", ylabel="units (channels / features)",
+           title=f"final widths at {100 * target:.0f}% of units removed, {optimizer}")
+    ax.legend(frameon=False)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ----------------------------------------------------------------------------- entry points
 
 def report(paths: Sequence[str | Path], out: str | Path, title: str = "DemP report",
@@ -505,6 +547,9 @@ def report(paths: Sequence[str | Path], out: str | Path, title: str = "DemP repo
     for stem, (key, label, percent) in TRADEOFFS.items():
         images.append(plot_tradeoff(rows, key, label, percent, out / f"{stem}.png",
                                     f"{title}: test accuracy vs {label.split(' (')[0]}"))
+    widths = plot_widths(runs, out / "widths_at_0.8.png")
+    if widths:
+        images.append(widths)
     selected = [r for r in runs if plot_runs and fnmatch.fnmatch(r.name, plot_runs)]
     if selected:
         (out / "run_plots").mkdir(exist_ok=True)
