@@ -88,3 +88,25 @@ def test_budgeted_demp_meets_its_units_target():
     removed = 1 - sum(s.width for s in demp.list_sites(model, x[:2])) / units0
     assert target - 0.03 <= removed <= target + 1e-9, removed
     assert pruner.budget.met and pruner.lam == 0.0 and pruner.sigma == 0.0
+
+
+def test_a_met_budget_stops_checks_and_pushing():
+    """Once the budget is met: lambda and sigma are zero and no more dead checks run (finish too)."""
+    import torch.nn as nn
+    import demp
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    with torch.no_grad():   # half of the hidden units dead from the start
+        model[1].weight[:4] = 0.0
+        model[1].bias[:4] = -1.0
+    x = torch.randn(64, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner = demp.DemonPruner(model, opt, x[:2], total_steps=100, probe=[x], reg_peak=1e-2,
+                              prune_every=5, target_units=0.25)
+    for _ in range(20):
+        pruner.penalty()
+        pruner.step()
+    assert len(pruner.history) == 1 and pruner.history[0].units_after == 6   # 2 of 8 units: the budget
+    assert pruner.budget_met and pruner.lam == 0.0 and pruner.sigma == 0.0
+    assert pruner.finish() is None and len(pruner.history) == 1
+    assert pruner.dead_kept == {next(iter(pruner.widths)): 2}   # surplus dead units stay, inert
