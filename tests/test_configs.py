@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 
 from demp.app.config import load_config
+from demp.experiments.study import load_study, plan_study
 from demp.experiments.sweep import load_sweep, plan_runs
 from demp.app.training import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FILES = sorted(CONFIGS.rglob("*.yaml"))
 SWEEPS = [p for p in FILES if p.name.startswith("sweep_")]
-RUN_CONFIGS = [p for p in FILES if p not in SWEEPS]
+STUDIES = [p for p in FILES if p.parent.name == "study" and p.name != "base.yaml"]
+RUN_CONFIGS = [p for p in FILES if p not in SWEEPS and p.parent.name != "study"]
 SMOKE = sorted(CONFIGS.glob("cpu/*.yaml")) + [CONFIGS / "paper" / "vgg16_cifar10_sgd.yaml"]
 SMOKE = [p for p in SMOKE if p in RUN_CONFIGS]
 
@@ -45,6 +47,17 @@ def test_sweep_plans_valid_runs(path: Path):
     demp_knobs = {(r.optim, r.knob) for r in runs if r.entry.method == "demp"}
     for optim in {r.optim for r in runs}:
         assert len([k for o, k in demp_knobs if o == optim]) >= 4, optim
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=_id)
+def test_study_plans_valid_runs(path: Path):
+    """Each death study builds every run's config (method count) and writes under results/death-study."""
+    study = load_study(path)
+    assert len(plan_study(study)) >= 8 and study.out == f"results/death-study/{path.stem}"
+
+
+def test_the_five_death_studies_exist():
+    assert {p.stem for p in STUDIES} == {"learning_rate", "batch_size", "regulariser", "noise", "width"}
 
 
 def test_cpu_cifar_sweep_follows_issue_4():

@@ -13,7 +13,8 @@ Study file (YAML; relative paths are looked up next to the file, then in the wor
     set: {train.epochs: 2, method.reg_peak: 0}   # overrides for every run (method: count)
     vary: optim.lr                       # the varied hyper-parameter (x axis): a dotted key ...
     values: [1.0e-4, 1.0e-3, 1.0e-2]     # ... and its values (numbers or names), or instead a
-                                         # mapping label -> overrides (vary is then only a label)
+                                         # mapping label -> overrides (vary is then only a label;
+                                         # a label that reads as a number is the x value)
     panels:                              # optional: one plot panel each (label -> overrides)
       adamw: {optim.name: adamw}
       sgd: {optim.name: sgd, optim.lr: 0.1}
@@ -107,7 +108,7 @@ def _values(raw: dict, path: Path) -> tuple[str, dict[str, dict[str, Any]], dict
         raise _fail(path, "vary", "missing: name the varied hyper-parameter, e.g. vary: optim.lr")
     if isinstance(values, dict):
         labelled = _labelled(values, path, "values")
-        return vary, labelled, {label: None for label in labelled}
+        return vary, labelled, {label: _number(label) for label in labelled}   # '16' is a number
     values = _as_list(values) if values is not None else []
     if not values:
         raise _fail(path, "values", f"missing or empty: list the values of {vary}, e.g. [1.0e-3, 1.0e-2]")
