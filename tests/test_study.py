@@ -121,6 +121,7 @@ def test_tiny_study_runs_resumes_and_reports(tmp_path: Path, capsys):
     out = tmp_path / "out"
     outcomes = run_study(path, out=str(out))
     assert [o.status for o in outcomes] == ["done"] * 4
+    assert "units (ever dead" in capsys.readouterr().out
     for name in ("dead_over_training.png", "final_dead.png", "overlap.png", "report.md", "study.csv"):
         assert (out / name).is_file(), name
     with (out / "study.csv").open() as f:

@@ -41,9 +41,10 @@ import yaml
 
 from demp.app.config import Config, config_from_dict, config_to_dict, load_config, set_dotted
 from demp.errors import DempError
-from demp.experiments.study_report import PLAN_NAME, study_report
-from demp.experiments.sweep import (Job, Outcome, _as_list, _check_keys, _fail, _find_file, _numbers,
-                                    _overrides, run_jobs, run_state)
+from demp.experiments.reporting import read_jsonl
+from demp.experiments.study_report import PLAN_NAME, death_checks, study_report
+from demp.experiments.sweep import (Job, Outcome, _as_list, _check_keys, _describe, _fail, _find_file,
+                                    _numbers, _overrides, run_jobs, run_state)
 
 TOP_KEYS = ("name", "out", "base", "set", "vary", "values", "panels", "series", "seeds")
 STUDY_METHOD = "count"
@@ -185,6 +186,18 @@ def write_plan(study: Study, folder: Path) -> None:
     (folder / PLAN_NAME).write_text(json.dumps(plan, indent=1) + "\n")
 
 
+def describe_run(run_dir: Path) -> str:
+    """A finished study run in one line: dead units at the end, ever dead, test accuracy."""
+    if run_state(run_dir) != "done":
+        return _describe(run_dir)
+    checks = death_checks(read_jsonl(run_dir / "metrics.jsonl"))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    last = checks[-1]
+    return (f"dead {100 * last['dead'] / last['units']:.1f}% of {last['units']} units "
+            f"(ever dead {100 * last['ever_dead'] / last['units']:.1f}%), test acc "
+            f"{100 * summary['test_acc']:.2f}%")
+
+
 def run_study(path: str | Path, out: Optional[str] = None, workers: int = 1, dry_run: bool = False,
               retry_failed: bool = False, log: Callable[[str], None] = print) -> list[Outcome]:
     """Plan, run and report a study; return every run's outcome."""
@@ -200,7 +213,7 @@ def run_study(path: str | Path, out: Optional[str] = None, workers: int = 1, dry
         return []
     write_plan(study, folder)
     jobs = [Job(run.name, partial(study_config, study, run)) for run in runs]
-    outcomes = run_jobs(jobs, folder, workers, retry_failed, log)
+    outcomes = run_jobs(jobs, folder, workers, retry_failed, log, describe_run)
     failed = [o.name for o in outcomes if o.status == "failed"]
     log(f"{sum(o.status == 'done' for o in outcomes)} runs done, "
         f"{sum(o.status == 'skipped' for o in outcomes)} skipped, {len(failed)} failed"

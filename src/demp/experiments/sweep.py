@@ -419,8 +419,9 @@ def run_many(sweep: Sweep, runs: Sequence[PlannedRun], sweep_dir: Path, workers:
 
 
 def run_jobs(jobs: Sequence[Job], folder: Path, workers: int = 1, retry_failed: bool = False,
-             log: Callable[[str], None] = print) -> list[Outcome]:
-    """Run the jobs not finished yet into ``folder/<name>``, sequentially or in ``workers`` processes."""
+             log: Callable[[str], None] = print, describe: Callable[[Path], str] = _describe) -> list[Outcome]:
+    """Run the jobs not finished yet into ``folder/<name>``, sequentially or in ``workers`` processes;
+    ``describe(run_dir)`` is the line logged after each run."""
     todo, outcomes = [], []
     for job in jobs:
         state = run_state(folder / job.name)
@@ -439,7 +440,7 @@ def run_jobs(jobs: Sequence[Job], folder: Path, workers: int = 1, retry_failed: 
         launch(config_to_dict(cfg), str(run_dir), threads)
         seconds = time.perf_counter() - start
         outcome = Outcome(job.name, "done" if run_state(run_dir) == "done" else "failed", seconds,
-                          _describe(run_dir))
+                          describe(run_dir))
         log(f"[{next(counter)}/{len(todo)}] {job.name} ({seconds:.0f} s): {outcome.message}")
         return outcome
 
