@@ -549,8 +549,9 @@ def report_main(args: argparse.Namespace) -> int:
     if studies:  # death studies have their own report, one per study folder
         if len(studies) != len(args.run_dirs):
             raise DempError("give either study folders (holding study.json) or run/sweep folders, not both")
+        given = getattr(args, "out", None)
         for folder in studies:
-            out = Path(args.out) / folder.name if getattr(args, "out", None) and len(studies) > 1 else args.out
+            out = Path(given) / folder.name if given and len(studies) > 1 else given
             files = study_report(folder, out)
             print(f"study {folder} -> {files['report.md']}, {len(files) - 2} plots")
         return 0
