@@ -10,7 +10,8 @@ from demp.app.config import Config, config_diff, config_from_dict, config_to_dic
 from demp.app.methods import MethodConfig
 
 CONFIGS = sorted(p for p in (Path(__file__).parents[1] / "configs").rglob("*.yaml")
-                 if not p.name.startswith("sweep"))  # sweep files are not run configs
+                 if not p.name.startswith("sweep")      # sweep and study files are not run configs
+                 and (p.parent.name != "study" or p.name == "base.yaml"))
 
 
 def test_defaults_are_the_main_job():

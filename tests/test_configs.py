@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 
 from demp.app.config import load_config
+from demp.experiments.study import load_study, plan_study
 from demp.experiments.sweep import load_sweep, plan_runs, run_config
 from demp.app.training import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FILES = sorted(CONFIGS.rglob("*.yaml"))
 SWEEPS = [p for p in FILES if p.name.startswith("sweep_")]
-RUN_CONFIGS = [p for p in FILES if p not in SWEEPS]
+STUDIES = [p for p in FILES if p.parent.name == "study" and p.name != "base.yaml"]
+RUN_CONFIGS = [p for p in FILES if p not in SWEEPS and p.parent.name != "study"]
 SMOKE = sorted(CONFIGS.glob("cpu/*.yaml")) + [CONFIGS / "paper" / "vgg16_cifar10_sgd.yaml"]
 SMOKE = [p for p in SMOKE if p in RUN_CONFIGS]
 
@@ -48,6 +50,17 @@ def test_sweep_plans_valid_runs(path: Path):
         assert len([k for o, k in demp_knobs if o == optim]) >= wanted, optim
 
 
+@pytest.mark.parametrize("path", STUDIES, ids=_id)
+def test_study_plans_valid_runs(path: Path):
+    """Each death study builds every run's config (method count) and writes under results/death-study."""
+    study = load_study(path)
+    assert len(plan_study(study)) >= 8 and study.out == f"results/death-study/{path.stem}"
+
+
+def test_the_five_death_studies_exist():
+    assert {p.stem for p in STUDIES} == {"learning_rate", "batch_size", "regulariser", "noise", "width"}
+
+
 def test_cpu_cifar_sweep_compares_at_matched_units():
     """Dense, DemP at 50/65/80% and every baseline at 50/80% with AdamW; the SGD set; ablations."""
     sweep = load_sweep(CONFIGS / "cpu" / "sweep_cifar10_vgg.yaml")
@@ -60,7 +73,8 @@ def test_cpu_cifar_sweep_compares_at_matched_units():
     for method in ("demp", "snap", "cropit", "earlysnap", "earlycrop"):
         assert {r.knob for r in runs if r.entry.method == method and r.optim == "sgd"} == {0.5, 0.8}, method
     variants = {r.name for r in runs if r.entry.variant}
-    assert variants == {"demp-adamw-t0.65-no-noise-s0", "demp-adamw-t0.65-no-reestimation-s0"}
+    assert variants == {"demp-adamw-t0.65-no-noise-s0", "demp-adamw-t0.65-no-reestimation-s0",
+                        "demp-adamw-0.01-one-cycle-s0", "demp-adamw-0.025-one-cycle-s0"}
     cfg = run_config(sweep, next(r for r in runs if r.entry.variant == "no-noise"))
     assert cfg.method.noise_peak == 0 and cfg.method.target_units == 0.65 and cfg.label == "no-noise"
     assert sweep.extra_seeds and sweep.extra_seeds.near_units_removed == (0.5, 0.8)

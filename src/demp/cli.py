@@ -1,4 +1,4 @@
-"""The ``demp`` command: train, export, report, sweep.
+"""The ``demp`` command: train, export, report, sweep, study.
 
 Errors the user can fix (``DempError``) print one line to stderr and exit 2.
 """
@@ -99,7 +99,7 @@ def delegate(module: str, function: str) -> Callable[[argparse.Namespace], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with its four subcommands."""
+    """The argument parser with its subcommands."""
     parser = argparse.ArgumentParser(prog="demp", description="Demon Pruning: train while removing dead ReLU units.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="tables and plots from run folders")
     declare_args(p, "reporting", "add_report_args")
     p.set_defaults(func=delegate("reporting", "report_main"))
+
+    p = sub.add_parser("study", help="how hyper-parameters make units die: a grid of runs that count dead units")
+    declare_args(p, "study", "add_study_args")
+    p.set_defaults(func=delegate("study", "study_main"))
 
     p = sub.add_parser("sweep", help="run a grid of training runs (resumable), then report")
     declare_args(p, "sweep", "add_sweep_args")

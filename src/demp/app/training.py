@@ -322,8 +322,9 @@ class Run:
         final: dict = {}
         self.evaluate(final)
         a, s = self.arch, self.state
-        self.metrics.write({"event": "final", "step": s.step, **final, "units": a.units, "params": a.params,
-                            "fwd_flops": a.fwd_flops, "wall_s": s.wall_s}, s.step)
+        self.metrics.write({"event": "final", "step": s.step, **final, **self.method.log_values(),
+                            "units": a.units, "params": a.params, "fwd_flops": a.fwd_flops,
+                            "wall_s": s.wall_s}, s.step)
         save_pruned(self.model, self.run_dir / MODEL_NAME)
         c = self.cfg
         about = {"steps": self.total_steps, "epochs": c.train.epochs,

@@ -567,7 +567,7 @@ def report(paths: Sequence[str | Path], out: str | Path, title: str = "DemP repo
 def add_report_args(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``demp report``."""
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                        help="run folders, or sweep folders holding run folders")
+                        help="run folders, sweep folders holding run folders, or study folders")
     parser.add_argument("--out", default=None,
                         help="output folder (default: results/NAME with --benchmark, else the "
                              "single folder given, else results/report)")
@@ -589,6 +589,17 @@ def report_out_dir(runs: Sequence[str], out: Optional[str], benchmark: Optional[
 
 def report_main(args: argparse.Namespace) -> int:
     """``demp report``: aggregate runs and print where the files went."""
+    from demp.experiments.study_report import is_study, study_report
+    studies = [Path(p) for p in args.run_dirs if is_study(Path(p))]
+    if studies:  # death studies have their own report, one per study folder
+        if len(studies) != len(args.run_dirs):
+            raise DempError("give either study folders (holding study.json) or run/sweep folders, not both")
+        given = getattr(args, "out", None)
+        for folder in studies:
+            out = Path(given) / folder.name if given and len(studies) > 1 else given
+            files = study_report(folder, out)
+            print(f"study {folder} -> {files['report.md']}, {len(files) - 2} plots")
+        return 0
     benchmark = getattr(args, "benchmark", None)
     out = report_out_dir(args.run_dirs, getattr(args, "out", None), benchmark)
     files = report(args.run_dirs, out, title=benchmark or "DemP report",

@@ -55,6 +55,7 @@ import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from statistics import mean
 from typing import Any, Callable, Optional, Sequence
@@ -130,7 +131,8 @@ class PlannedRun:
 
 
 def _fail(path: Path, where: str, message: str) -> DempError:
-    return DempError(f"sweep file {path}: {where}: {message}")
+    """An error in a sweep or study file, naming the file and the place."""
+    return DempError(f"{path}: {where}: {message}")
 
 
 def _check_keys(raw: Any, valid: Sequence[str], path: Path, where: str) -> dict:
@@ -410,36 +412,51 @@ def _describe(run_dir: Path) -> str:
             f"params remaining {100 * s['params_remaining']:.1f}%, wall {s['wall_s']:.0f} s")
 
 
+@dataclass
+class Job:
+    """A run to make: its folder name and its config for a given folder."""
+    name: str
+    config: Callable[[Path], Config]
+
+
 def run_many(sweep: Sweep, runs: Sequence[PlannedRun], sweep_dir: Path, workers: int = 1,
              retry_failed: bool = False, log: Callable[[str], None] = print) -> list[Outcome]:
     """Run the planned runs not finished yet, sequentially or in ``workers`` processes."""
+    jobs = [Job(run.name, partial(run_config, sweep, run)) for run in runs]
+    return run_jobs(jobs, sweep_dir, workers, retry_failed, log)
+
+
+def run_jobs(jobs: Sequence[Job], folder: Path, workers: int = 1, retry_failed: bool = False,
+             log: Callable[[str], None] = print, describe: Callable[[Path], str] = _describe) -> list[Outcome]:
+    """Run the jobs not finished yet into ``folder/<name>``, sequentially or in ``workers`` processes;
+    ``describe(run_dir)`` is the line logged after each run."""
     todo, outcomes = [], []
-    for run in runs:
-        state = run_state(sweep_dir / run.name)
+    for job in jobs:
+        state = run_state(folder / job.name)
         if state == "done" or (state == "failed" and not retry_failed):
-            outcomes.append(Outcome(run.name, "skipped", message=f"{state} earlier"))
+            outcomes.append(Outcome(job.name, "skipped", message=f"{state} earlier"))
         else:
-            todo.append(run)
+            todo.append(job)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     launch = _in_child if workers > 1 else execute_run
     counter = iter(range(1, len(todo) + 1))
 
-    def one(run: PlannedRun) -> Outcome:
-        folder = sweep_dir / run.name
-        cfg = run_config(sweep, run, folder)
+    def one(job: Job) -> Outcome:
+        run_dir = folder / job.name
+        cfg = job.config(run_dir)
         start = time.perf_counter()
-        launch(config_to_dict(cfg), str(folder), threads)
+        launch(config_to_dict(cfg), str(run_dir), threads)
         seconds = time.perf_counter() - start
-        outcome = Outcome(run.name, "done" if run_state(folder) == "done" else "failed", seconds,
-                          _describe(folder))
-        log(f"[{next(counter)}/{len(todo)}] {run.name} ({seconds:.0f} s): {outcome.message}")
+        outcome = Outcome(job.name, "done" if run_state(run_dir) == "done" else "failed", seconds,
+                          describe(run_dir))
+        log(f"[{next(counter)}/{len(todo)}] {job.name} ({seconds:.0f} s): {outcome.message}")
         return outcome
 
     if workers > 1:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             outcomes += list(pool.map(one, todo))
     else:
-        outcomes += [one(run) for run in todo]
+        outcomes += [one(job) for job in todo]
     return outcomes
 
 

@@ -104,7 +104,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def _load_all() -> None:
-    from demp.app.methods import baselines, demp  # noqa: F401  (register themselves)
+    from demp.app.methods import baselines, count, demp  # noqa: F401  (register themselves)
 
 
 def canonical_name(name: str, valid: Iterable[str], what: str) -> str:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import torch
 
@@ -20,13 +20,14 @@ class DemPMethod(Method):
     knob = "reg_peak"
     aliases = {"target": "target_units"}
     app_fields = ("seed",)
+    pruner_class: ClassVar[type[DemonPruner]] = DemonPruner
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
         calibration = ctx.train_batches(self.config.calib_batches or 8) if self.config.recalibrate else None
-        self.pruner = DemonPruner(ctx.model, ctx.optimizer, ctx.example_inputs, ctx.total_steps,
-                                  ctx.probe, calibration=calibration,
-                                  config=replace(self.config, seed=ctx.seed))
+        self.pruner = self.pruner_class(ctx.model, ctx.optimizer, ctx.example_inputs, ctx.total_steps,
+                                        ctx.probe, calibration=calibration,
+                                        config=replace(self.config, seed=ctx.seed))
 
     def penalty(self) -> torch.Tensor:
         return self.pruner.penalty()
