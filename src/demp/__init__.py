@@ -27,6 +27,7 @@ _PUBLIC = {
     "list_sites": "demp.core.detection",
     "load_pruned": "demp.app.export",
     "remove_units": "demp.core.surgery",
+    "save_pruned": "demp.app.export",
     "scan_units": "demp.core.detection",
 }
 
