@@ -14,13 +14,14 @@ from demp.core.detection import call_model
 from user_archs import CASES, two_inputs
 
 REMOVED = {"1_conv1d_dropout": 2, "1_channels_last": 3, "2_siamese": 2, "3_time_concat": 2,
-           "9_two_inputs": 3}
+           "9_two_inputs": 3, "15_groupnorm_cat_whole": 8}
 """Cases fixed properly: exactly these many units go."""
 REFUSED = {"4_channel_mean": "not be exact", "5_with_features": "output 1 changed shape",
            "6_frozen_conv": "not be exact", "6_buffer_norm": "not be exact",
            "7_tied": "tied parameters", "10_fused": "unsupported operation 'nativebatchnorm'",
            "11_channel_scale": "unsupported operation 'sum'", "12_token_ffn": "unsupported operation",
-           "14_one_per_group": "one output per group", "17_input_residual": "not be exact"}
+           "14_one_per_group": "one output per group", "15_groupnorm_cat": "whole GroupNorm groups",
+           "17_input_residual": "not be exact"}
 """Cases refused: no unit goes, and the reason says why."""
 
 
@@ -100,3 +101,14 @@ def test_reasons_name_the_cause_in_one_short_line():
     report = demp.remove_units(model, demp.find_dead_units(model, [x]), x)
     (reason,) = report.sites["/relu"].reasons
     assert reason == "unsupported operation 'sum' is tied to its channels"
+
+
+def test_groupnorm_group_across_a_concat_goes_whole_or_stays():
+    """A group split by the seam: half dead, it stays (whole, it goes and the norm keeps 4 per group)."""
+    model, x = CASES["15_groupnorm_cat"]()
+    report = demp.remove_units(model, demp.find_dead_units(model, [x]), x)
+    assert (model.gn.num_groups, model.gn.num_channels) == (4, 16)
+    assert report.sites["/relu#0"].reasons == {"minimum width, whole GroupNorm groups or balanced grouped conv": 2}
+    model, x = CASES["15_groupnorm_cat_whole"]()
+    demp.remove_units(model, demp.find_dead_units(model, [x]), x)
+    assert (model.gn.num_groups, model.gn.num_channels, model.a.out_channels, model.b.out_channels) == (3, 12, 4, 8)

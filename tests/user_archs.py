@@ -402,7 +402,8 @@ def one_per_group():
 
 
 class GroupNormCat(nn.Module):
-    """GroupNorm(4, 16) over a concatenation of 6 + 10 channels: a group straddles the seam."""
+    """GroupNorm(4, 16) over a concatenation of 6 + 10 channels, then a ReLU site: group 1
+    (channels 4-7) straddles the seam."""
 
     def __init__(self):
         super().__init__()
@@ -412,13 +413,16 @@ class GroupNormCat(nn.Module):
 
     def forward(self, x):
         h = torch.cat([F.relu(self.na(self.a(x))), F.relu(self.nb(self.b(x)))], 1)
-        return self.head(self.gn(h)).mean((2, 3))
+        return self.head(F.relu(self.gn(h))).mean((2, 3))
 
 
-def groupnorm_cat():
+def groupnorm_cat(whole: bool = False):
+    """Dead units on the left of the seam (and, with ``whole``, on the right: the whole group)."""
     model = GroupNormCat()
     kill(model.na, [4, 5])
-    kill(model.nb, [0, 1])
+    kill(model.gn, [4, 5, 6, 7] if whole else [4, 5])
+    if whole:
+        kill(model.nb, [0, 1])
     return model, _x(8, 3, 6, 6)
 
 
@@ -502,5 +506,6 @@ CASES = {
     "11_post_norm": post_norm, "11_channel_scale": channel_scale,
     "12_token_ffn": token_ffn, "12_token_ffn_functional": lambda: token_ffn("functional"),
     "13_cat_flatten": cat_flatten, "14_one_per_group": one_per_group,
-    "15_groupnorm_cat": groupnorm_cat, "16_multi_cat": multi_cat, "17_input_residual": input_residual,
+    "15_groupnorm_cat": groupnorm_cat, "15_groupnorm_cat_whole": lambda: groupnorm_cat(whole=True),
+    "16_multi_cat": multi_cat, "17_input_residual": input_residual,
 }

@@ -111,6 +111,12 @@ class _Group:
     removable: torch.Tensor = None     # BoolTensor over root channels
     allowed: torch.Tensor = None       # removable before width/group constraints
     blocked: str = ""                  # reason the whole group is kept
+    fresh: dict[str, torch.Tensor] = field(default_factory=dict)  # per site: items no earlier group had
+
+    def block(self, reason: str) -> None:
+        """Keep every channel of the group, for ``reason``."""
+        self.blocked = reason
+        self.removable = self.allowed = torch.zeros(self.root_width, dtype=torch.bool)
 
 
 def _zero_preserving(node: Any) -> bool:
@@ -231,17 +237,15 @@ class _Analysis:
             g.sites = {n: it for n, it in sites.items() if n not in out_of_range}
         except Exception as e:  # torch-pruning cannot map this graph shape: keep the group whole
             root = GroupItem(node, None, list(channels), list(channels))
-            g = _Group(name, width, [root], {name: root},
-                       blocked=f"torch-pruning cannot map its channels ({type(e).__name__}: {e})")
-            g.removable = g.allowed = torch.zeros(width, dtype=torch.bool)
+            g = _Group(name, width, [root], {name: root})
+            g.block(f"torch-pruning cannot map its channels ({type(e).__name__}: {e})")
         return g
 
     def _decide(self, g: _Group) -> None:
         for it in g.items:
             reason = _blocking_member(it, self.exact, self.shared)
             if reason:
-                g.blocked, g.removable = reason, torch.zeros(g.root_width, dtype=torch.bool)
-                g.allowed = g.removable
+                g.block(reason)
                 return
         if self.exact:
             removable = self._guarded(g)
@@ -304,8 +308,44 @@ class _Analysis:
             anydead |= _map_to_root(it, self.masks[name], g.root_width)
         return removable & anydead
 
+    def whole_groupnorm_groups(self, groups: list[_Group]) -> None:
+        """Keep every part of a GroupNorm group that is not removed whole.
+
+        A concatenation seam inside a GroupNorm group splits the group's channels between
+        pruning groups, which each see only their part: the group goes only if every part goes.
+        """
+        for _ in range(16):
+            gone: dict[nn.GroupNorm, torch.Tensor] = {}
+            members = [(g, it) for g in groups for it in g.items if isinstance(it.node.module, nn.GroupNorm)]
+            for g, it in members:
+                m = it.node.module
+                mark = gone.setdefault(m, torch.zeros(m.num_channels, dtype=torch.bool))
+                mark[torch.as_tensor(it.idxs, dtype=torch.long)] |= g.removable[torch.as_tensor(it.root_idxs)]
+            changed = False
+            for g, it in members:
+                m = it.node.module
+                per_group = gone[m].view(m.num_groups, -1).sum(1)
+                partial = (per_group > 0) & (per_group < m.num_channels // m.num_groups)
+                idx, root = torch.as_tensor(it.idxs, dtype=torch.long), torch.as_tensor(it.root_idxs)
+                drop = partial[idx // (m.num_channels // m.num_groups)] & g.removable[root]
+                if drop.any():
+                    removable = g.removable.clone()
+                    removable[root[drop]] = False
+                    self.claim(g, -1)
+                    g.removable, changed = self._constrain(g, removable), True
+                    self.claim(g, +1)
+            if not changed:
+                return
+
+    def claim(self, g: _Group, sign: int) -> None:
+        """Count (+1) or uncount (-1) the units ``g`` removes at its sites, for the width floors."""
+        for sname, it in g.sites.items():
+            idx = torch.as_tensor(it.idxs, dtype=torch.long)[g.fresh[sname]]
+            root = torch.as_tensor(it.root_idxs, dtype=torch.long)[g.fresh[sname]]
+            self.already[sname] += sign * int(torch.unique(idx[g.removable[root]]).numel())
+
     def _constrain(self, g: _Group, removable: torch.Tensor) -> torch.Tensor:
-        """Apply width floors, whole GroupNorm groups and balanced grouped convs, to a fixpoint."""
+        """Apply width floors and balanced grouped convs, to a fixpoint."""
         removable = removable.clone()
         for _ in range(16):
             before = removable.clone()
@@ -331,13 +371,6 @@ class _Analysis:
                 keep_back = set(gone[-excess:].tolist())
                 drop = torch.tensor([int(i) in keep_back for i in idx.tolist()], dtype=torch.bool)
                 removable[root[drop]] = False
-        if isinstance(m, nn.GroupNorm):
-            per = m.num_channels // m.num_groups
-            whole = torch.ones(m.num_groups, dtype=torch.bool)
-            whole.scatter_reduce_(0, idx // per, local, reduce="amin")
-            partial = ~whole[idx // per]
-            if partial.any():
-                removable[root[partial]] = False
         if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups \
                 and not tp_compat.is_depthwise(m):
             size = m.in_channels if tp_compat.is_in_channel_fn(self.dg, it.handler) else m.out_channels
@@ -432,19 +465,28 @@ def _plan(analysis: _Analysis, full: dict[str, torch.Tensor],
     returns the groups to prune and, per site, the units that will go.
     """
     covered = {n: torch.zeros_like(m) for n, m in full.items()}
-    removed = {n: torch.zeros_like(m) for n, m in full.items()}
-    plans = []
+    groups: list[_Group] = []
     for name in analysis.site_nodes:
         todo = (~covered[name]).nonzero().flatten()
         if todo.numel() == 0 or (analysis.exact and not full[name][todo].any()):
             continue
         g = analysis.group(name, todo.tolist())
+        if any(covered[s][it.idxs].any() for s, it in g.sites.items()):  # groups are disjoint or wrong
+            g.block("torch-pruning maps its channels into another site's group (unsupported graph)")
         for sname, it in g.sites.items():
             idx = torch.as_tensor(it.idxs, dtype=torch.long)
-            root = torch.as_tensor(it.root_idxs, dtype=torch.long)
+            g.fresh[sname] = ~covered[sname][idx]
             covered[sname][idx] = True
+        analysis.claim(g, +1)
+        groups.append(g)
+    analysis.whole_groupnorm_groups(groups)
+    removed = {n: torch.zeros_like(m) for n, m in full.items()}
+    plans = []
+    for g in groups:
+        for sname, it in g.sites.items():
+            idx = torch.as_tensor(it.idxs, dtype=torch.long)[g.fresh[sname]]
+            root = torch.as_tensor(it.root_idxs, dtype=torch.long)[g.fresh[sname]]
             removed[sname][idx] = g.removable[root]
-            analysis.already[sname] = int(removed[sname].sum())
             kept = torch.zeros_like(removed[sname])
             kept[idx] = full[sname][idx] & ~g.removable[root]
             floor = int((kept[idx] & g.allowed[root]).sum())
