@@ -17,6 +17,7 @@ _PUBLIC = {
     "DempError": "demp.errors",
     "DemonPruner": "demp.core.pruner",
     "DemPConfig": "demp.core.pruner",
+    "NormActPruner": "demp.core.tp_compat",
     "RemovalEvent": "demp.core.pruner",
     "RemovalReport": "demp.core.surgery",
     "Site": "demp.core.detection",

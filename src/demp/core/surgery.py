@@ -146,19 +146,26 @@ def _identity_view(node: Any) -> bool:
 
 _LINEAR_INTERNAL = frozenset({"addmm", "mm", "bmm", "matmul"})
 """Matmuls that nn.Linear runs on 3-D inputs; tracing shows them as separate ops."""
+_FUSED_INTERNAL = frozenset({"nativebatchnorm", "nativegroupnorm"})
+"""Norms that a fused norm + activation layer (a norm subclass, timm-style) runs functionally."""
 
 
-def _linear_internal(node: Any) -> bool:
-    """An autograd matmul that only feeds Linear layers: part of the layer, not a data op."""
-    return (node_kind(node) == "elementwise" and op_name(node) in _LINEAR_INTERNAL
-            and bool(node.outputs) and all(isinstance(o.module, nn.Linear) for o in node.outputs))
+def _layer_internal(node: Any) -> bool:
+    """An autograd op that is part of the layer it feeds, not a data op: a Linear's matmul on
+    3-D input, or the functional norm inside a fused norm + activation layer."""
+    if node_kind(node) != "elementwise" or not node.outputs:
+        return False
+    name = op_name(node)
+    return ((name in _LINEAR_INTERNAL and all(isinstance(o.module, nn.Linear) for o in node.outputs))
+            or (name in _FUSED_INTERNAL and all(isinstance(o.module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm))
+                                                for o in node.outputs)))
 
 
 def _data_inputs(node: Any) -> list[Any]:
     """The nodes whose values a layer reads, looking through a Linear's own matmul."""
     out = []
     for inp in node.inputs:
-        if _linear_internal(inp):
+        if _layer_internal(inp):
             out.extend(i for i in inp.inputs if i.inputs or node_kind(i) != "elementwise")
         else:
             out.append(inp)
@@ -193,7 +200,7 @@ def _blocking_member(item: GroupItem, exact: bool, shared: set[int]) -> str:
     if kind in ("concat", "split", "reshape", "slice", "expand"):
         return ""
     if kind == "elementwise" and (
-            _weight_op(item.node) or _linear_internal(item.node) or op_name(item.node) in _CHANNELWISE or _zero_preserving(item.node)):
+            _weight_op(item.node) or _layer_internal(item.node) or op_name(item.node) in _CHANNELWISE or _zero_preserving(item.node)):
         return ""
     if kind == "parameter":
         return f"a per-channel parameter of shape {tuple(m.shape)} is tied to its channels"
