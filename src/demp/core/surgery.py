@@ -344,6 +344,16 @@ class _Analysis:
             if not changed:
                 return
 
+    def coupled_reason(self, g: _Group) -> str:
+        """Why dead units of an unblocked group stay: a norm right after a ReLU, or live partners."""
+        if not self.exact:
+            return "not marked at every coupled site"
+        norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+        if any(isinstance(it.node.module, norms) and any(i in self.node_site for i in it.node.inputs)
+               for it in g.items):
+            return "a norm layer after the ReLU turns its zeros into non-zeros"
+        return "a unit it is tied to is not dead (coupled channels)"
+
     def claim(self, g: _Group, sign: int) -> None:
         """Count (+1) or uncount (-1) the units ``g`` removes at its sites, for the width floors."""
         for sname, it in g.sites.items():
@@ -498,9 +508,7 @@ def _plan(analysis: _Analysis, full: dict[str, torch.Tensor],
             kept[idx] = full[sname][idx] & ~g.removable[root]
             floor = int((kept[idx] & g.allowed[root]).sum())
             _add_reason(sites[sname], "minimum width, whole GroupNorm groups or balanced grouped conv", floor)
-            _add_reason(sites[sname], g.blocked or ("a unit it is tied to is not dead (coupled channels)"
-                                                    if analysis.exact else "not marked at every coupled site"),
-                        int(kept.sum()) - floor)
+            _add_reason(sites[sname], g.blocked or analysis.coupled_reason(g), int(kept.sum()) - floor)
         gone = g.removable.nonzero().flatten().tolist()
         if gone:
             plans.append((g, gone))

@@ -152,13 +152,21 @@ def build_dependency(model: nn.Module, example_inputs: Any, forward_fn: Callable
                      customized_pruners: Mapping[Any, BasePruningFunc]) -> tp.DependencyGraph:
     """torch-pruning's dependency graph, traced in eval mode; every module's mode is kept.
 
-    ``DependencyGraph.build_dependency`` calls ``model.eval()`` and never undoes it.
+    ``DependencyGraph.build_dependency`` calls ``model.eval()`` and never undoes it.  Frozen
+    parameters are traced as if trainable: autograd, and so the graph, would not see their layers.
     """
-    with kept_modes(model), torch.enable_grad():
-        model.eval()
-        return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_inputs, forward_fn=forward_fn,
-            customized_pruners=dict(customized_pruners), verbose=False)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    try:
+        with kept_modes(model), torch.enable_grad():
+            model.eval()
+            for p in frozen:
+                p.requires_grad_(True)
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, forward_fn=forward_fn,
+                customized_pruners=dict(customized_pruners), verbose=False)
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------- recording
