@@ -5,9 +5,11 @@ import torch.nn as nn
 
 import demp
 from demp import DempError
+from demp.app import export
 from demp.app.export import example_input, export_onnx, load_pruned, save_pruned
 from demp.app.models import create_model
 from demp.core.skip import ChannelSelect
+from user_archs import UserNet, user_net
 
 
 def pruned(name: str, width: float, seed: int = 0) -> nn.Module:
@@ -47,14 +49,36 @@ def test_channel_select_widths_are_restored(tmp_path):
         assert torch.equal(twin.src, m.src) and torch.equal(twin.dst, m.dst)
 
 
-def test_model_without_spec_is_pickled(tmp_path):
-    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
-    save_pruned(model, tmp_path / "plain.pt")
-    with pytest.raises(DempError, match="allow_pickle=True"):
-        load_pruned(tmp_path / "plain.pt")
-    loaded = load_pruned(tmp_path / "plain.pt", allow_pickle=True)
-    x = torch.randn(5, 4)
-    assert torch.equal(loaded(x), model(x))
+def _pruned_user_net() -> tuple[nn.Module, torch.Tensor]:
+    model, x = user_net()
+    model.eval()
+    report = demp.remove_units(model, demp.find_dead_units(model, [x]), x)
+    assert report.units_removed > 0
+    return model, x
+
+
+def test_users_own_model_reloads_into_a_fresh_instance(tmp_path):
+    model, x = _pruned_user_net()
+    assert (model.group.out_channels, model.dw.groups, model.fc.in_features) == (4, 4, 80)
+    demp.save_pruned(model, tmp_path / "mine.pt")
+    loaded = demp.load_pruned(tmp_path / "mine.pt", model=UserNet())
+    assert not loaded.training
+    widths = lambda m: {n: export._width_attrs(mod) for n, mod in m.named_modules()}
+    assert widths(loaded) == widths(model)
+    assert {n: t.shape for n, t in loaded.named_buffers()} == {n: t.shape for n, t in model.named_buffers()}
+    assert torch.equal(loaded.scale, model.scale)  # a non-persistent buffer comes back too
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert [s.width for s in demp.list_sites(loaded, x)] == [s.width for s in demp.list_sites(model, x)]
+
+
+def test_users_own_model_needs_its_class(tmp_path):
+    model, _ = _pruned_user_net()
+    save_pruned(model, tmp_path / "mine.pt")
+    with pytest.raises(DempError, match=r"model=UserNet\(...\)"):
+        load_pruned(tmp_path / "mine.pt")
+    with pytest.raises(DempError, match="holds a UserNet, but model= is a Sequential"):
+        load_pruned(tmp_path / "mine.pt", model=nn.Sequential(nn.Linear(2, 2)))
 
 
 def test_bad_files(tmp_path):
@@ -63,6 +87,9 @@ def test_bad_files(tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
     with pytest.raises(DempError, match="not a model saved by demp.save_pruned"):
         load_pruned(tmp_path / "other.pt")
+    torch.save(nn.Linear(2, 2), tmp_path / "module.pt")  # a pickled module never runs on load
+    with pytest.raises(DempError, match="cannot read .*not written by demp.save_pruned"):
+        load_pruned(tmp_path / "module.pt")
 
 
 @pytest.mark.parametrize("name, width", [("resnet18", 0.125), ("vit_tiny", 0.25)])

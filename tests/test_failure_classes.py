@@ -11,16 +11,17 @@ import torch
 import demp
 from demp import DempError
 from demp.core.detection import call_model
-from user_archs import CASES, two_inputs
+from user_archs import CASES, BatchNormAct2d, two_inputs
 
 REMOVED = {"1_conv1d_dropout": 2, "1_channels_last": 3, "2_siamese": 2, "3_time_concat": 2,
-           "9_two_inputs": 3}
+           "6_frozen_conv": 2, "9_two_inputs": 3, "10_fused": 6, "15_groupnorm_cat_whole": 8}
 """Cases fixed properly: exactly these many units go."""
 REFUSED = {"4_channel_mean": "not be exact", "5_with_features": "output 1 changed shape",
-           "6_frozen_conv": "not be exact", "6_buffer_norm": "not be exact",
-           "7_tied": "tied parameters", "10_fused": "unsupported operation 'nativebatchnorm'",
+           "6_buffer_norm": "not be exact", "11_post_norm": "a norm layer after the ReLU",
+           "7_tied": "tied parameters",
            "11_channel_scale": "unsupported operation 'sum'", "12_token_ffn": "unsupported operation",
-           "14_one_per_group": "one output per group", "17_input_residual": "not be exact"}
+           "14_one_per_group": "one output per group", "15_groupnorm_cat": "whole GroupNorm groups",
+           "17_input_residual": "not be exact"}
 """Cases refused: no unit goes, and the reason says why."""
 
 
@@ -69,6 +70,13 @@ def test_shared_encoder_unit_live_on_one_call_stays():
     assert model.enc.out_features == 5                      # only unit 4, dead on both calls, went
 
 
+def test_frozen_layers_are_sliced_and_stay_frozen():
+    model, x = CASES["6_frozen_conv"]()
+    demp.remove_units(model, demp.find_dead_units(model, [x]), x)
+    assert model.conv.weight.shape[0] == model.bn.num_features == 4
+    assert not model.conv.weight.requires_grad and model.bn.weight.requires_grad
+
+
 def test_tied_weights_stay_tied():
     model, x = CASES["7_tied"]()
     demp.remove_units(model, demp.find_dead_units(model, [x]), x)
@@ -85,6 +93,7 @@ def test_parametrized_layers_are_refused_before_anything_changes():
 
 @pytest.mark.parametrize("form", ["tuple", "dict"])
 def test_multi_input_models_agree_across_the_api(form):
+    torch.manual_seed(0)  # the initialisation decides whether a unit is naturally dead too
     model, (image, meta) = two_inputs()
     inputs = (image, meta) if form == "tuple" else {"image": image, "meta": meta}
     sites = demp.list_sites(model, inputs)
@@ -100,3 +109,40 @@ def test_reasons_name_the_cause_in_one_short_line():
     report = demp.remove_units(model, demp.find_dead_units(model, [x]), x)
     (reason,) = report.sites["/relu"].reasons
     assert reason == "unsupported operation 'sum' is tied to its channels"
+
+
+def test_groupnorm_group_across_a_concat_goes_whole_or_stays():
+    """A group split by the seam: half dead, it stays (whole, it goes and the norm keeps 4 per group)."""
+    model, x = CASES["15_groupnorm_cat"]()
+    report = demp.remove_units(model, demp.find_dead_units(model, [x]), x)
+    assert (model.gn.num_groups, model.gn.num_channels) == (4, 16)
+    assert report.sites["/relu#0"].reasons == {"minimum width, whole GroupNorm groups or balanced grouped conv": 2}
+    model, x = CASES["15_groupnorm_cat_whole"]()
+    demp.remove_units(model, demp.find_dead_units(model, [x]), x)
+    assert (model.gn.num_groups, model.gn.num_channels, model.a.out_channels, model.b.out_channels) == (3, 12, 4, 8)
+
+
+
+def test_fused_norm_act_layer_with_a_registered_pruner():
+    class Counting(demp.NormActPruner):
+        calls = 0
+
+        def prune_out_channels(self, layer, idxs):
+            Counting.calls += 1
+            return super().prune_out_channels(layer, idxs)
+
+        prune_in_channels = prune_out_channels  # a norm's in and out channels are one dimension
+
+    model, x = CASES["10_fused"]()
+    opt = torch.optim.Adam(model.parameters())
+    model(x).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        before = model.eval()(x)
+    report = demp.remove_units(model, demp.find_dead_units(model, [x]), x, optimizer=opt,
+                               pruners={BatchNormAct2d: Counting()})
+    assert report.units_removed == 6 and Counting.calls == 2
+    assert (model.n1.num_features, model.n1.running_var.numel(), model.c2.in_channels) == (5, 5, 5)
+    assert opt.state[model.n1.weight]["exp_avg"].shape == (5,)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)

@@ -402,7 +402,8 @@ def one_per_group():
 
 
 class GroupNormCat(nn.Module):
-    """GroupNorm(4, 16) over a concatenation of 6 + 10 channels: a group straddles the seam."""
+    """GroupNorm(4, 16) over a concatenation of 6 + 10 channels, then a ReLU site: group 1
+    (channels 4-7) straddles the seam."""
 
     def __init__(self):
         super().__init__()
@@ -412,13 +413,16 @@ class GroupNormCat(nn.Module):
 
     def forward(self, x):
         h = torch.cat([F.relu(self.na(self.a(x))), F.relu(self.nb(self.b(x)))], 1)
-        return self.head(self.gn(h)).mean((2, 3))
+        return self.head(F.relu(self.gn(h))).mean((2, 3))
 
 
-def groupnorm_cat():
+def groupnorm_cat(whole: bool = False):
+    """Dead units on the left of the seam (and, with ``whole``, on the right: the whole group)."""
     model = GroupNormCat()
     kill(model.na, [4, 5])
-    kill(model.nb, [0, 1])
+    kill(model.gn, [4, 5, 6, 7] if whole else [4, 5])
+    if whole:
+        kill(model.nb, [0, 1])
     return model, _x(8, 3, 6, 6)
 
 
@@ -462,6 +466,38 @@ def input_residual():
     return model, _x(8, 6)
 
 
+class UserNet(nn.Module):
+    """A user's own CNN: grouped and depthwise convs, flatten into a Linear, a non-persistent buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.n0 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.group, self.n1 = nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False), nn.BatchNorm2d(8)
+        self.dw, self.n2 = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), nn.BatchNorm2d(8)
+        self.pw, self.n3 = nn.Conv2d(8, 6, 1, bias=False), nn.BatchNorm2d(6)
+        self.fc, self.head = nn.Linear(6 * 4 * 4, 10), nn.Linear(10, 3)
+        self.register_buffer("scale", torch.ones(3), persistent=False)
+
+    def forward(self, x):
+        x = F.relu(self.n0(self.stem(x)))
+        x = F.relu(self.n1(self.group(x)))
+        x = F.relu(self.n2(self.dw(x)), inplace=True)
+        x = F.relu(self.n3(self.pw(x)))
+        return self.head(F.relu(self.fc(x.flatten(1)))) * self.scale
+
+
+def user_net():
+    model = UserNet()
+    kill(model.n0, [0, 5])
+    kill(model.n1, [1, 2, 5, 6])
+    kill(model.n2, [3])
+    kill(model.n3, [2])
+    kill(model.fc, [4, 7])
+    with torch.no_grad():
+        model.scale.copy_(torch.tensor([1.0, 2.0, 3.0]))
+    return model, _x(8, 3, 4, 4)
+
+
 CASES = {
     "1_conv1d_dropout": conv1d_dropout, "1_channels_last": channels_last, "2_siamese": siamese,
     "3_time_concat": time_concat, "3_shuffle": shuffle_unit, "4_channel_mean": channel_mean,
@@ -470,5 +506,6 @@ CASES = {
     "11_post_norm": post_norm, "11_channel_scale": channel_scale,
     "12_token_ffn": token_ffn, "12_token_ffn_functional": lambda: token_ffn("functional"),
     "13_cat_flatten": cat_flatten, "14_one_per_group": one_per_group,
-    "15_groupnorm_cat": groupnorm_cat, "16_multi_cat": multi_cat, "17_input_residual": input_residual,
+    "15_groupnorm_cat": groupnorm_cat, "15_groupnorm_cat_whole": lambda: groupnorm_cat(whole=True),
+    "16_multi_cat": multi_cat, "17_input_residual": input_residual,
 }

@@ -17,6 +17,7 @@ _PUBLIC = {
     "DempError": "demp.errors",
     "DemonPruner": "demp.core.pruner",
     "DemPConfig": "demp.core.pruner",
+    "NormActPruner": "demp.core.tp_compat",
     "RemovalEvent": "demp.core.pruner",
     "RemovalReport": "demp.core.surgery",
     "Site": "demp.core.detection",
@@ -27,6 +28,7 @@ _PUBLIC = {
     "list_sites": "demp.core.detection",
     "load_pruned": "demp.app.export",
     "remove_units": "demp.core.surgery",
+    "save_pruned": "demp.app.export",
     "scan_units": "demp.core.detection",
 }
 

@@ -111,6 +111,12 @@ class _Group:
     removable: torch.Tensor = None     # BoolTensor over root channels
     allowed: torch.Tensor = None       # removable before width/group constraints
     blocked: str = ""                  # reason the whole group is kept
+    fresh: dict[str, torch.Tensor] = field(default_factory=dict)  # per site: items no earlier group had
+
+    def block(self, reason: str) -> None:
+        """Keep every channel of the group, for ``reason``."""
+        self.blocked = reason
+        self.removable = self.allowed = torch.zeros(self.root_width, dtype=torch.bool)
 
 
 def _zero_preserving(node: Any) -> bool:
@@ -140,19 +146,26 @@ def _identity_view(node: Any) -> bool:
 
 _LINEAR_INTERNAL = frozenset({"addmm", "mm", "bmm", "matmul"})
 """Matmuls that nn.Linear runs on 3-D inputs; tracing shows them as separate ops."""
+_FUSED_INTERNAL = frozenset({"nativebatchnorm", "nativegroupnorm"})
+"""Norms that a fused norm + activation layer (a norm subclass, timm-style) runs functionally."""
 
 
-def _linear_internal(node: Any) -> bool:
-    """An autograd matmul that only feeds Linear layers: part of the layer, not a data op."""
-    return (node_kind(node) == "elementwise" and op_name(node) in _LINEAR_INTERNAL
-            and bool(node.outputs) and all(isinstance(o.module, nn.Linear) for o in node.outputs))
+def _layer_internal(node: Any) -> bool:
+    """An autograd op that is part of the layer it feeds, not a data op: a Linear's matmul on
+    3-D input, or the functional norm inside a fused norm + activation layer."""
+    if node_kind(node) != "elementwise" or not node.outputs:
+        return False
+    name = op_name(node)
+    return ((name in _LINEAR_INTERNAL and all(isinstance(o.module, nn.Linear) for o in node.outputs))
+            or (name in _FUSED_INTERNAL and all(isinstance(o.module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm))
+                                                for o in node.outputs)))
 
 
 def _data_inputs(node: Any) -> list[Any]:
     """The nodes whose values a layer reads, looking through a Linear's own matmul."""
     out = []
     for inp in node.inputs:
-        if _linear_internal(inp):
+        if _layer_internal(inp):
             out.extend(i for i in inp.inputs if i.inputs or node_kind(i) != "elementwise")
         else:
             out.append(inp)
@@ -187,7 +200,7 @@ def _blocking_member(item: GroupItem, exact: bool, shared: set[int]) -> str:
     if kind in ("concat", "split", "reshape", "slice", "expand"):
         return ""
     if kind == "elementwise" and (
-            _weight_op(item.node) or _linear_internal(item.node) or op_name(item.node) in _CHANNELWISE or _zero_preserving(item.node)):
+            _weight_op(item.node) or _layer_internal(item.node) or op_name(item.node) in _CHANNELWISE or _zero_preserving(item.node)):
         return ""
     if kind == "parameter":
         return f"a per-channel parameter of shape {tuple(m.shape)} is tied to its channels"
@@ -231,17 +244,15 @@ class _Analysis:
             g.sites = {n: it for n, it in sites.items() if n not in out_of_range}
         except Exception as e:  # torch-pruning cannot map this graph shape: keep the group whole
             root = GroupItem(node, None, list(channels), list(channels))
-            g = _Group(name, width, [root], {name: root},
-                       blocked=f"torch-pruning cannot map its channels ({type(e).__name__}: {e})")
-            g.removable = g.allowed = torch.zeros(width, dtype=torch.bool)
+            g = _Group(name, width, [root], {name: root})
+            g.block(f"torch-pruning cannot map its channels ({type(e).__name__}: {e})")
         return g
 
     def _decide(self, g: _Group) -> None:
         for it in g.items:
             reason = _blocking_member(it, self.exact, self.shared)
             if reason:
-                g.blocked, g.removable = reason, torch.zeros(g.root_width, dtype=torch.bool)
-                g.allowed = g.removable
+                g.block(reason)
                 return
         if self.exact:
             removable = self._guarded(g)
@@ -304,8 +315,54 @@ class _Analysis:
             anydead |= _map_to_root(it, self.masks[name], g.root_width)
         return removable & anydead
 
+    def whole_groupnorm_groups(self, groups: list[_Group]) -> None:
+        """Keep every part of a GroupNorm group that is not removed whole.
+
+        A concatenation seam inside a GroupNorm group splits the group's channels between
+        pruning groups, which each see only their part: the group goes only if every part goes.
+        """
+        for _ in range(16):
+            gone: dict[nn.GroupNorm, torch.Tensor] = {}
+            members = [(g, it) for g in groups for it in g.items if isinstance(it.node.module, nn.GroupNorm)]
+            for g, it in members:
+                m = it.node.module
+                mark = gone.setdefault(m, torch.zeros(m.num_channels, dtype=torch.bool))
+                mark[torch.as_tensor(it.idxs, dtype=torch.long)] |= g.removable[torch.as_tensor(it.root_idxs)]
+            changed = False
+            for g, it in members:
+                m = it.node.module
+                per_group = gone[m].view(m.num_groups, -1).sum(1)
+                partial = (per_group > 0) & (per_group < m.num_channels // m.num_groups)
+                idx, root = torch.as_tensor(it.idxs, dtype=torch.long), torch.as_tensor(it.root_idxs)
+                drop = partial[idx // (m.num_channels // m.num_groups)] & g.removable[root]
+                if drop.any():
+                    removable = g.removable.clone()
+                    removable[root[drop]] = False
+                    self.claim(g, -1)
+                    g.removable, changed = self._constrain(g, removable), True
+                    self.claim(g, +1)
+            if not changed:
+                return
+
+    def coupled_reason(self, g: _Group) -> str:
+        """Why dead units of an unblocked group stay: a norm right after a ReLU, or live partners."""
+        if not self.exact:
+            return "not marked at every coupled site"
+        norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+        if any(isinstance(it.node.module, norms) and any(i in self.node_site for i in it.node.inputs)
+               for it in g.items):
+            return "a norm layer after the ReLU turns its zeros into non-zeros"
+        return "a unit it is tied to is not dead (coupled channels)"
+
+    def claim(self, g: _Group, sign: int) -> None:
+        """Count (+1) or uncount (-1) the units ``g`` removes at its sites, for the width floors."""
+        for sname, it in g.sites.items():
+            idx = torch.as_tensor(it.idxs, dtype=torch.long)[g.fresh[sname]]
+            root = torch.as_tensor(it.root_idxs, dtype=torch.long)[g.fresh[sname]]
+            self.already[sname] += sign * int(torch.unique(idx[g.removable[root]]).numel())
+
     def _constrain(self, g: _Group, removable: torch.Tensor) -> torch.Tensor:
-        """Apply width floors, whole GroupNorm groups and balanced grouped convs, to a fixpoint."""
+        """Apply width floors and balanced grouped convs, to a fixpoint."""
         removable = removable.clone()
         for _ in range(16):
             before = removable.clone()
@@ -331,13 +388,6 @@ class _Analysis:
                 keep_back = set(gone[-excess:].tolist())
                 drop = torch.tensor([int(i) in keep_back for i in idx.tolist()], dtype=torch.bool)
                 removable[root[drop]] = False
-        if isinstance(m, nn.GroupNorm):
-            per = m.num_channels // m.num_groups
-            whole = torch.ones(m.num_groups, dtype=torch.bool)
-            whole.scatter_reduce_(0, idx // per, local, reduce="amin")
-            partial = ~whole[idx // per]
-            if partial.any():
-                removable[root[partial]] = False
         if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups \
                 and not tp_compat.is_depthwise(m):
             size = m.in_channels if tp_compat.is_in_channel_fn(self.dg, it.handler) else m.out_channels
@@ -432,26 +482,33 @@ def _plan(analysis: _Analysis, full: dict[str, torch.Tensor],
     returns the groups to prune and, per site, the units that will go.
     """
     covered = {n: torch.zeros_like(m) for n, m in full.items()}
-    removed = {n: torch.zeros_like(m) for n, m in full.items()}
-    plans = []
+    groups: list[_Group] = []
     for name in analysis.site_nodes:
         todo = (~covered[name]).nonzero().flatten()
         if todo.numel() == 0 or (analysis.exact and not full[name][todo].any()):
             continue
         g = analysis.group(name, todo.tolist())
+        if any(covered[s][it.idxs].any() for s, it in g.sites.items()):  # groups are disjoint or wrong
+            g.block("torch-pruning maps its channels into another site's group (unsupported graph)")
         for sname, it in g.sites.items():
             idx = torch.as_tensor(it.idxs, dtype=torch.long)
-            root = torch.as_tensor(it.root_idxs, dtype=torch.long)
+            g.fresh[sname] = ~covered[sname][idx]
             covered[sname][idx] = True
+        analysis.claim(g, +1)
+        groups.append(g)
+    analysis.whole_groupnorm_groups(groups)
+    removed = {n: torch.zeros_like(m) for n, m in full.items()}
+    plans = []
+    for g in groups:
+        for sname, it in g.sites.items():
+            idx = torch.as_tensor(it.idxs, dtype=torch.long)[g.fresh[sname]]
+            root = torch.as_tensor(it.root_idxs, dtype=torch.long)[g.fresh[sname]]
             removed[sname][idx] = g.removable[root]
-            analysis.already[sname] = int(removed[sname].sum())
             kept = torch.zeros_like(removed[sname])
             kept[idx] = full[sname][idx] & ~g.removable[root]
             floor = int((kept[idx] & g.allowed[root]).sum())
             _add_reason(sites[sname], "minimum width, whole GroupNorm groups or balanced grouped conv", floor)
-            _add_reason(sites[sname], g.blocked or ("a unit it is tied to is not dead (coupled channels)"
-                                                    if analysis.exact else "not marked at every coupled site"),
-                        int(kept.sum()) - floor)
+            _add_reason(sites[sname], g.blocked or analysis.coupled_reason(g), int(kept.sum()) - floor)
         gone = g.removable.nonzero().flatten().tolist()
         if gone:
             plans.append((g, gone))

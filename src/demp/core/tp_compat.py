@@ -109,19 +109,64 @@ def is_depthwise(module: nn.Module) -> bool:
     return tp_ops.module2type(module) == tp_ops.OPTYPE.DEPTHWISE_CONV
 
 
+class NormActPruner(BasePruningFunc):
+    """Pruner for a fused norm + activation layer (timm's BatchNormAct2d, GroupNormAct, ...).
+
+    Register it for the layer's type, ``remove_units(..., pruners={BatchNormAct2d:
+    NormActPruner()})``: it slices every per-channel parameter and buffer of the layer (scale,
+    shift, running statistics, anything else of the layer's width) and its channel count.
+    A subclass must keep ``prune_in_channels`` the same function as ``prune_out_channels``
+    (torch-pruning ties a norm's input to its output only then).
+    """
+    WIDTH_ATTRS = ("num_features", "num_channels")
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        width = self.get_out_channels(layer)
+        keep = sorted(set(range(width)) - set(idxs))
+        for key, t in list(layer._parameters.items()):
+            if t is not None and t.dim() == 1 and t.numel() == width:
+                setattr(layer, key, self._prune_parameter_and_grad(t, keep, 0))
+        for key, t in list(layer._buffers.items()):
+            if t is not None and t.dim() == 1 and t.numel() == width:
+                layer._buffers[key] = t.detach()[keep]
+        for attr in self.WIDTH_ATTRS:
+            if hasattr(layer, attr):
+                setattr(layer, attr, len(keep))
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        width = next((getattr(layer, a) for a in self.WIDTH_ATTRS if hasattr(layer, a)), None)
+        if width is None:
+            raise DempError(f"NormActPruner: {type(layer).__name__} has neither num_features nor "
+                            "num_channels; register it only for norm + activation layers")
+        return width
+
+    get_in_channels = get_out_channels
+
+
 # ----------------------------------------------------------------------------- graph
 
 def build_dependency(model: nn.Module, example_inputs: Any, forward_fn: Callable[[nn.Module, Any], Any],
                      customized_pruners: Mapping[Any, BasePruningFunc]) -> tp.DependencyGraph:
     """torch-pruning's dependency graph, traced in eval mode; every module's mode is kept.
 
-    ``DependencyGraph.build_dependency`` calls ``model.eval()`` and never undoes it.
+    ``DependencyGraph.build_dependency`` calls ``model.eval()`` and never undoes it.  Frozen
+    parameters are traced as if trainable: autograd, and so the graph, would not see their layers.
     """
-    with kept_modes(model), torch.enable_grad():
-        model.eval()
-        return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_inputs, forward_fn=forward_fn,
-            customized_pruners=dict(customized_pruners), verbose=False)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    try:
+        with kept_modes(model), torch.enable_grad():
+            model.eval()
+            for p in frozen:
+                p.requires_grad_(True)
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, forward_fn=forward_fn,
+                customized_pruners=dict(customized_pruners), verbose=False)
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------- recording
