@@ -95,3 +95,25 @@ def train_tiny(rank: int, world: int, port: int, out: str, net: str = "groupnorm
                 "events": sum(e.units_after < e.units_before for e in pruner.history)}, f"{out}/rank{rank}.pt")
     if world > 1:
         dist.destroy_process_group()
+
+
+def train_app(rank: int, world: int, port: int, out: str, overrides: list[str], resume: bool = False,
+              stop_at_step: int = 0) -> None:
+    """``demp train`` on one rank, as torchrun would start it; ``stop_at_step`` interrupts the
+    run there (both ranks, like a killed job).  Saves the returned summary to ``out/rank<r>.pt``."""
+    from demp.app import training
+    from demp.app.config import load_config
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    real_step = training.train_step
+
+    def step(*args, **kwargs):
+        if stop_at_step and args[-1] == stop_at_step:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+    training.train_step = step
+    try:
+        summary = training.train(load_config(None, overrides), out_dir=f"{out}/run", resume=resume, progress=False)
+    except KeyboardInterrupt:
+        summary = None
+    torch.save(summary, f"{out}/rank{rank}.pt")

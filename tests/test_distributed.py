@@ -57,3 +57,31 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     diff = max((two[0]["state"][k] - v).abs().max().item() for k, v in one["state"].items())
     print(f"widths {one['widths']}, removal events {one['events']}, max |w1 - w2| {diff:.2e}")
     assert diff < 1e-4
+
+
+TINY = ["data.name=synthetic", "model.width=0.25", "train.batch_size=64", "train.epochs=2",
+        "train.log_every=2", "method.prune_every=4", "method.reg_peak=0.05", "data.probe_size=256",
+        "data.probe_batch=128", "threads=1", "method.recalibrate=false", "train.checkpoint_every=3"]
+"""test_training's tiny run (removal events without real deaths) with a mid-epoch checkpoint."""
+
+
+def run_app(out, world: int = 2, resume: bool = False, stop_at_step: int = 0) -> list:
+    out.mkdir(exist_ok=True)
+    mp.spawn(ddp_workers.train_app, args=(world, free_port(), str(out), TINY, resume, stop_at_step), nprocs=world)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def test_demp_train_on_two_processes_resumes_exactly(tmp_path):
+    import demp
+    whole = run_app(tmp_path / "whole")
+    assert whole[0] == whole[1] and whole[0]["prune_events"] >= 1
+    assert (whole[0]["world_size"], whole[0]["global_batch"]) == (2, 64)
+    files = {p.name for p in (tmp_path / "whole" / "run").iterdir()}
+    assert files == {"config.yaml", "metrics.jsonl", "summary.json", "model.pt", "checkpoint.pt"}
+
+    assert run_app(tmp_path / "cut", stop_at_step=10) == [None, None]   # after the checkpoint at step 9
+    resumed = run_app(tmp_path / "cut", resume=True)
+    assert resumed[0]["test_acc"] == whole[0]["test_acc"] and resumed[0]["units_final"] == whole[0]["units_final"]
+    a = demp.load_pruned(tmp_path / "cut" / "run" / "model.pt").state_dict()
+    b = demp.load_pruned(tmp_path / "whole" / "run" / "model.pt").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
