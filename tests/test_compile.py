@@ -53,3 +53,19 @@ def test_ddp_wrapper_is_refused_with_what_to_pass():
     with pytest.raises(demp.DempError, match="ddp.module"):
         demp.DemonPruner(wrapper, torch.optim.SGD(model.parameters(), lr=0.1), torch.zeros(2, 3, 8, 8), 10,
                          [torch.zeros(2, 3, 8, 8)])
+
+
+@needs_compiler
+@pytest.mark.slow
+def test_demp_train_with_compile_matches_eager(tmp_path, monkeypatch):
+    from demp.app.config import load_config
+    from demp.app.training import train
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
+    tiny = ["data.name=synthetic", "model.width=0.25", "train.batch_size=64", "train.epochs=1", "train.max_steps=6",
+            "method.prune_every=4", "method.reg_peak=0.05", "data.probe_size=256", "threads=1",
+            "method.recalibrate=false", "train.eval_every_epoch=false"]
+    eager = train(load_config(None, tiny), out_dir=str(tmp_path / "eager"), progress=False)
+    compiled = train(load_config(None, tiny + ["train.compile=true"]), out_dir=str(tmp_path / "compiled"),
+                     progress=False)
+    assert eager["prune_events"] >= 1 and compiled["widths_final"] == eager["widths_final"]
+    assert abs(compiled["test_acc"] - eager["test_acc"]) < 0.02

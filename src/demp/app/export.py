@@ -33,8 +33,12 @@ def architecture(model: nn.Module) -> dict[str, Any]:
     if spec is None:
         raise DempError(f"{type(model).__name__} has no demp_spec (it was not built with "
                         "demp.models.create_model), so it cannot be rebuilt from its spec")
-    modules = {name: attrs for name, m in model.named_modules() if (attrs := _width_attrs(m))}
-    return {"spec": dict(spec), "modules": modules}
+    return {"spec": dict(spec), "modules": module_shapes(model)}
+
+
+def module_shapes(model: nn.Module) -> dict[str, dict[str, int | tuple]]:
+    """Every module's width attributes by qualified name (what a state dict does not record)."""
+    return {name: attrs for name, m in model.named_modules() if (attrs := _width_attrs(m))}
 
 
 def _width_attrs(module: nn.Module) -> dict[str, int | tuple]:
@@ -51,21 +55,28 @@ def build_pruned(arch: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> n
         model = create_model(**spec)
     except (TypeError, ValueError) as e:
         raise DempError(f"cannot rebuild model from spec {spec}: {e}") from None
-    modules = dict(model.named_modules())
-    unknown = sorted(set(arch["modules"]) - set(modules))
-    if unknown:
-        raise DempError(f"saved modules {unknown[:5]} do not exist in a fresh {spec['name']}: "
-                        "the file was written by another version of the model code")
-    for name, module in modules.items():
-        for attr, value in arch["modules"].get(name, {}).items():
-            setattr(module, attr, value)
-        _resize_tensors(module, name, state_dict)
+    resize_to(model, arch["modules"], state_dict, f"a fresh {spec['name']}")
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         raise DempError(f"saved weights do not fit a rebuilt {spec['name']}: {e}") from None
     model.demp_spec = spec
     return model
+
+
+def resize_to(model: nn.Module, shapes: dict[str, dict], state_dict: dict[str, torch.Tensor],
+              what: str = "the model") -> None:
+    """Shrink ``model`` in place to ``module_shapes`` output and the tensor shapes of ``state_dict``
+    (values are left for ``load_state_dict``)."""
+    modules = dict(model.named_modules())
+    unknown = sorted(set(shapes) - set(modules))
+    if unknown:
+        raise DempError(f"saved modules {unknown[:5]} do not exist in {what}: "
+                        "the file was written by another version of the model code")
+    for name, module in modules.items():
+        for attr, value in shapes.get(name, {}).items():
+            setattr(module, attr, value)
+        _resize_tensors(module, name, state_dict)
 
 
 def _resize_tensors(module: nn.Module, prefix: str, state_dict: dict[str, torch.Tensor]) -> None:

@@ -211,6 +211,22 @@ class DemonPruner:
             return torch.zeros((), device=model_device(self.model))
         return lam * regulariser.penalty(self._reg_params, self.config.reg_form)
 
+    @torch.no_grad()
+    def add_penalty_grad(self, grad_scale: float = 1.0) -> None:
+        """Add the penalty's exact gradient to ``.grad`` (after backward), instead of ``penalty()``
+        in the loss: for loops whose loss cannot change.  ``grad_scale`` is the factor the task
+        gradients carry at this point (an AMP loss scale, 1/k with k accumulated batches)."""
+        lam = self.lam
+        self._penalty_scale = lam
+        if lam == 0 or not self._reg_params:
+            return
+        grads = regulariser.penalty_grad(self._reg_params, self.config.reg_form, lam * grad_scale)
+        for p, g in zip(self._reg_params, grads):
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad.add_(g)
+
     def step(self, loss: Optional[torch.Tensor] = None) -> Optional[RemovalReport]:
         """Call after optimizer.step(): noise, then (every prune_every steps) check and remove.
 
