@@ -12,12 +12,19 @@ needs_compiler = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c+
                                     reason="inductor needs a C++ compiler")
 
 
+@pytest.fixture(autouse=True)
+def one_compile_thread():
+    """No compile worker pool for nets this small."""
+    import torch._inductor.config
+    with torch._inductor.config.patch(compile_threads=1):
+        yield
+
+
 @needs_compiler
 @pytest.mark.slow
-def test_compiled_model_equals_eager_after_every_removal(monkeypatch):
+def test_compiled_model_equals_eager_after_every_removal():
     """More removal events than Dynamo's recompile limit (8): with the limit made fatal, a
     model that was not recompiled from scratch would raise instead of running eagerly."""
-    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)   # no worker pool for a tiny net
     torch.manual_seed(0)
     model = dying(GroupNormNet(width=24))
     compiled = torch.compile(model)
@@ -57,10 +64,9 @@ def test_ddp_wrapper_is_refused_with_what_to_pass():
 
 @needs_compiler
 @pytest.mark.slow
-def test_demp_train_with_compile_matches_eager(tmp_path, monkeypatch):
+def test_demp_train_with_compile_matches_eager(tmp_path):
     from demp.app.config import load_config
     from demp.app.training import train
-    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
     tiny = ["data.name=synthetic", "model.width=0.25", "train.batch_size=64", "train.epochs=1", "train.max_steps=6",
             "method.prune_every=4", "method.reg_peak=0.05", "data.probe_size=256", "threads=1",
             "method.recalibrate=false", "train.eval_every_epoch=false"]

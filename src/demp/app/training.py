@@ -184,8 +184,8 @@ class Run:
 
     def __init__(self, cfg: Config, run_dir: Path, ckpt: Optional[dict], tensorboard: bool, show_bar: bool,
                  world: Optional[World] = None):
-        self.cfg, self.run_dir, self.world = cfg, run_dir, world or World()
-        world = self.world
+        world = world or World()
+        self.cfg, self.run_dir, self.world = cfg, run_dir, world
         seed_everything(cfg.seed)
         self.device = world.device(pick_device(cfg.device))
         if cfg.threads:
@@ -206,8 +206,8 @@ class Run:
         self.metrics = MetricsLog(run_dir / METRICS_NAME, self.state.metrics_offset,
                                   run_dir / "tensorboard" if tensorboard else None,
                                   self.state.step) if world.main else NullLog()
-        self.bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not (show_bar and world.main), unit="step",
-                        dynamic_ncols=True)
+        self.bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not (show_bar and world.main),
+                        unit="step", dynamic_ncols=True)
 
     def _build(self, ckpt: Optional[dict]) -> None:
         """Model, optimizer, LR schedule, scaler and method; from the checkpoint when resuming.
