@@ -41,8 +41,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"demp: interrupted; continue with `demp train --resume {run_dir}`", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(format_summary(summary))
-    print(f"run folder: {run_dir}")
+    if os.environ.get("RANK", "0") == "0":   # under torchrun, rank 0 alone reports
+        print(format_summary(summary))
+        print(f"run folder: {run_dir}")
     return 0
 
 

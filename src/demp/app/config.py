@@ -58,6 +58,7 @@ class TrainConfig:
     log_every: int = 50                 # steps between metrics lines
     channels_last: Optional[bool] = None  # None: on for CUDA and AVX-512 CPUs (1.3x per VGG step, bench_cpu_formats)
     autocast: str = "auto"              # auto (CUDA: bf16/fp16; CPU: off) | off | bf16 (CPU: 1.4x, 1.7x with channels-last) | fp16
+    compile: bool = False               # torch.compile the training forward (recompiled from scratch after each removal)
 
 
 @dataclass

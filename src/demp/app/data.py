@@ -582,6 +582,7 @@ class BatchLoader:
     ``augment.resize`` applies.  Iterating yields the remaining batches of the current epoch, then
     the next ``iter`` starts the next epoch.  ``state_dict``/``load_state_dict`` resume an
     interrupted epoch exactly: same remaining batches, same order, same augmentation.
+    ``shard = (rank, world_size)`` yields only that rank's contiguous share of every batch.
     """
 
     def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int, *,
@@ -605,6 +606,7 @@ class BatchLoader:
         self.train, self.augment, self.drop_last = train, augment, drop_last
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.position = 0, 0
+        self.shard = (0, 1)
         self._epoch_state = self.generator.get_state()
         self._plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
@@ -628,7 +630,7 @@ class BatchLoader:
     def _batch(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Build the batch starting at ``start`` in the epoch order."""
         order, offsets, flips = self._epoch_plan()
-        sl = slice(start, start + self.batch_size)
+        sl = shard_of(torch.arange(start, min(start + self.batch_size, len(self.y))), self.shard)
         idx = order[sl].to(self.device)
         x = self.x.index_select(0, idx)
         if self.train and self.augment and (self.augment.crop_pad or self.augment.flip):
@@ -758,6 +760,12 @@ EVAL_BATCH = 1024          # in-memory test sets
 FOLDER_EVAL_BATCH = 256    # image folders (full-size images decoded by workers)
 
 
+def shard_of(batch: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
+    """Rank ``shard[0]``'s contiguous share of ``batch`` split over ``shard[1]`` ranks."""
+    rank, world = shard
+    return batch if world == 1 else batch.tensor_split(world)[rank]
+
+
 class FolderLoader:
     """``BatchLoader``'s interface over an ``ImageFolderDataset`` decoded lazily by workers.
 
@@ -771,6 +779,7 @@ class FolderLoader:
         self.dataset, self.batch_size, self.train, self.seed, self.device = dataset, batch_size, train, seed, device
         self.workers = min(8, os.cpu_count() or 1)
         self.epoch, self.position = 0, 0
+        self.shard = (0, 1)         # (rank, world size): yield that rank's share of each batch
 
     def __len__(self) -> int:
         return -(-len(self.dataset) // self.batch_size)
@@ -779,9 +788,10 @@ class FolderLoader:
         n = len(self.dataset)
         order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
                  if self.train else torch.arange(n))
-        rest = torch.utils.data.Subset(self.dataset, order[self.position * self.batch_size:].tolist())
+        batches = [shard_of(b, self.shard).tolist()
+                   for b in order[self.position * self.batch_size:].split(self.batch_size)]
         loader = torch.utils.data.DataLoader(
-            rest, batch_size=self.batch_size, num_workers=self.workers, pin_memory=self.device.type == "cuda",
+            self.dataset, batch_sampler=batches, num_workers=self.workers, pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(self.seed + self.epoch * 7919 + self.position))
         for x, y in loader:
             self.position += 1

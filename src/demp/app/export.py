@@ -34,11 +34,11 @@ def architecture(model: nn.Module) -> dict[str, Any]:
     if spec is None:
         raise DempError(f"{type(model).__name__} has no demp_spec (it was not built with "
                         "demp.models.create_model), so it cannot be rebuilt from its spec")
-    return {"spec": dict(spec), "modules": _widths(model)}
+    return {"spec": dict(spec), "modules": module_shapes(model)}
 
 
-def _widths(model: nn.Module) -> dict[str, dict[str, int | tuple]]:
-    """Every module's width attributes, by module name (modules without any are left out)."""
+def module_shapes(model: nn.Module) -> dict[str, dict[str, int | tuple]]:
+    """Every module's width attributes by qualified name (what a state dict does not record)."""
     return {name: attrs for name, m in model.named_modules() if (attrs := _width_attrs(m))}
 
 
@@ -67,6 +67,21 @@ def build_pruned(arch: dict[str, Any], tensors: dict[str, torch.Tensor]) -> nn.M
     return model
 
 
+def resize_to(model: nn.Module, shapes: dict[str, dict[str, Any]], tensors: dict[str, torch.Tensor],
+              what: str = "the model") -> None:
+    """Shrink ``model`` in place to ``module_shapes`` output and the tensor shapes in ``tensors``
+    (values are left for ``load_state_dict``)."""
+    modules = dict(model.named_modules())
+    unknown = sorted(set(shapes) - set(modules))
+    if unknown:
+        raise DempError(f"saved modules {unknown[:5]} do not exist in {what}: the file was written "
+                        "from another model class or another version of its code")
+    for name, module in modules.items():
+        for attr, value in shapes.get(name, {}).items():
+            setattr(module, attr, value)
+        _resize_tensors(module, name, tensors)
+
+
 def resize_like(model: nn.Module, widths: dict[str, dict[str, Any]],
                 tensors: dict[str, torch.Tensor]) -> nn.Module:
     """Shrink a freshly built ``model`` to the saved ``widths`` and load ``tensors`` into it.
@@ -75,15 +90,7 @@ def resize_like(model: nn.Module, widths: dict[str, dict[str, Any]],
     ``tensors`` holds the state dict plus any non-persistent buffers, by name.  Returns ``model``.
     """
     what = type(model).__name__
-    modules = dict(model.named_modules())
-    unknown = sorted(set(widths) - set(modules))
-    if unknown:
-        raise DempError(f"saved modules {unknown[:5]} do not exist in the fresh {what}: the file was "
-                        "written from another model class or another version of its code")
-    for name, module in modules.items():
-        for attr, value in widths.get(name, {}).items():
-            setattr(module, attr, value)
-        _resize_tensors(module, name, tensors)
+    resize_to(model, widths, tensors, f"the fresh {what}")
     loose = {n: b for n, b in model.named_buffers() if n not in model.state_dict()}
     try:
         model.load_state_dict({k: v for k, v in tensors.items() if k not in loose}, strict=True)
@@ -116,7 +123,7 @@ def save_pruned(model: nn.Module, path: str | Path) -> None:
     """
     spec = getattr(model, "demp_spec", None)
     payload = {"format": FORMAT, "class": type(model).__qualname__,
-               "spec": dict(spec) if spec is not None else None, "modules": _widths(model),
+               "spec": dict(spec) if spec is not None else None, "modules": module_shapes(model),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "buffers": _loose_buffers(model)}
     buffer = io.BytesIO()

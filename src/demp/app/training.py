@@ -28,6 +28,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from demp.app.checkpoint import atomic_write_json, save_checkpoint, set_rng_state
 from demp.app.config import Config, config_to_dict
 from demp.app.data import Data, load_run_data
+from demp.app.distributed import NullLog, World, main_only_logging, training_forward
 from demp.app.export import architecture, build_pruned, save_pruned
 from demp.app.measure import Arch, evaluate, live_units, run_summary
 from demp.app.methods import Method, MethodContext, create_method
@@ -181,14 +182,17 @@ class Progress:
 class Run:
     """One training run's objects and the bookkeeping between its steps."""
 
-    def __init__(self, cfg: Config, run_dir: Path, ckpt: Optional[dict], tensorboard: bool, show_bar: bool):
-        self.cfg, self.run_dir = cfg, run_dir
+    def __init__(self, cfg: Config, run_dir: Path, ckpt: Optional[dict], tensorboard: bool, show_bar: bool,
+                 world: Optional[World] = None):
+        world = world or World()
+        self.cfg, self.run_dir, self.world = cfg, run_dir, world
         seed_everything(cfg.seed)
-        self.device = pick_device(cfg.device)
+        self.device = world.device(pick_device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.speed = Speed.choose(cfg, self.device)
         self.data = load_run_data(cfg, self.device)
+        self.data.train.shard = (world.rank, world.size)
         self.steps_per_epoch = len(self.data.train)
         self.total_steps = min(cfg.train.epochs * self.steps_per_epoch, cfg.train.max_steps or math.inf)
         self.example = self.data.probe[0][:2]
@@ -197,11 +201,13 @@ class Run:
         self.state = Progress(initial=asdict(self.arch)) if ckpt is None else Progress(**ckpt["progress"])
         if ckpt is not None:
             set_rng_state(ckpt["rng"])
-        start_run_dir(cfg, run_dir)
+        if world.main:
+            start_run_dir(cfg, run_dir)
         self.metrics = MetricsLog(run_dir / METRICS_NAME, self.state.metrics_offset,
-                                  run_dir / "tensorboard" if tensorboard else None, self.state.step)
-        self.bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not show_bar, unit="step",
-                        dynamic_ncols=True)
+                                  run_dir / "tensorboard" if tensorboard else None,
+                                  self.state.step) if world.main else NullLog()
+        self.bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not (show_bar and world.main),
+                        unit="step", dynamic_ncols=True)
 
     def _build(self, ckpt: Optional[dict]) -> None:
         """Model, optimizer, LR schedule, scaler and method; from the checkpoint when resuming.
@@ -227,6 +233,7 @@ class Run:
             self.scaler.load_state_dict(ckpt["scaler"])
             self.method.load_state_dict(ckpt["method"])
             self.data.train.load_state_dict(ckpt["loader"])
+        self.forward = training_forward(self.model, self.world, cfg.train.compile)
 
     # ---- bookkeeping (not training time)
     def on_removal(self, report: Optional[RemovalReport]) -> None:
@@ -234,6 +241,7 @@ class Run:
         if report is None or report.units_removed == 0:
             return
         self.speed.model(self.model)
+        self.forward = training_forward(self.model, self.world, self.cfg.train.compile)
         self.arch = Arch.measure(self.model, self.example)
         self.state.prune_events += 1
         kept = sum(s.kept_dead for s in report.sites.values())
@@ -251,6 +259,8 @@ class Run:
         self.on_removal(report)
 
     def checkpoint(self) -> None:
+        if not self.world.main:
+            return
         self.state.metrics_offset = self.metrics.offset()
         save_checkpoint(self.run_dir / CHECKPOINT_NAME, config=config_to_dict(self.cfg),
                         architecture=architecture(self.model), model=self.model, optimizer=self.optimizer,
@@ -281,10 +291,10 @@ class Run:
         clock = time.perf_counter()
         for batch_index, (x, y) in enumerate(self.data.train, start=self.data.train.state_dict()["position"]):
             lr = self.optimizer.param_groups[0]["lr"]
-            loss, report = train_step(self.model, self.speed.batch(x), y, self.criterion, self.optimizer,
+            loss, report = train_step(self.forward, self.speed.batch(x), y, self.criterion, self.optimizer,
                                       self.scaler, self.method, self.speed.autocast, s.step)
             self.scheduler.step()
-            s.count_step(loss, len(x) * self.arch.train_flops)
+            s.count_step(loss, len(x) * self.world.size * self.arch.train_flops)
             s.wall_s += time.perf_counter() - clock
             self.on_removal(report)
             if s.step % cfg.train.log_every == 0:
@@ -325,16 +335,19 @@ class Run:
         self.metrics.write({"event": "final", "step": s.step, **final, **self.method.log_values(),
                             "units": a.units, "params": a.params, "fwd_flops": a.fwd_flops,
                             "wall_s": s.wall_s}, s.step)
-        save_pruned(self.model, self.run_dir / MODEL_NAME)
+        if self.world.main:
+            save_pruned(self.model, self.run_dir / MODEL_NAME)
         c = self.cfg
         about = {"steps": self.total_steps, "epochs": c.train.epochs,
                  "method": c.method.name + (f"[{c.label}]" if c.label else ""),
                  "knob": self.method.knob_value(), "target": getattr(c.method.settings, "target", None)
                  or getattr(c.method.settings, "target_units", None), "optimizer": c.optim.name, "lr": c.optim.lr,
                  "seed": c.seed, "model": c.model.name, "width": c.model.width, "dataset": c.data.name,
-                 "batch_size": c.train.batch_size, "run_dir": str(self.run_dir)}
-        summary = run_summary(s.initial, a, final, asdict(s), about)
-        atomic_write_json(self.run_dir / SUMMARY_NAME, summary)
+                 "batch_size": c.train.batch_size, "world_size": self.world.size,
+                 "global_batch": c.train.batch_size, "run_dir": str(self.run_dir)}
+        summary = self.world.same(run_summary(s.initial, a, final, asdict(s), about))   # rank 0's, written
+        if self.world.main:
+            atomic_write_json(self.run_dir / SUMMARY_NAME, summary)
         return summary
 
     def close(self) -> None:
@@ -349,14 +362,28 @@ def train(cfg: Config, out_dir: str | None = None, resume: bool = False, progres
     ``resume=True`` continues the run in ``out_dir`` from its checkpoint; the config must equal
     the one the run started with.  ``progress=None`` shows progress bars only on a terminal.
     Per-epoch lines go to the ``demp`` logger.  Nothing is written before the config, run
-    folder, data and model are known good.
+    folder, data and model are known good.  Under torchrun each process trains its share of
+    every batch and rank 0 alone writes (``demp.app.distributed``).
     """
     cfg.validate()
     if tensorboard:
         check_tensorboard()
-    run_dir = Path(out_dir or cfg.out or default_run_dir(cfg))
-    ckpt = check_run_dir(cfg, run_dir, resume)
-    run = Run(cfg, run_dir, ckpt, tensorboard, sys.stdout.isatty() if progress is None else progress)
+    world = World.start(pick_device(cfg.device))
+    try:
+        world.check_batch(cfg.train.batch_size)
+        run_dir = Path(world.same(str(out_dir or cfg.out or default_run_dir(cfg))))
+        ckpt = check_run_dir(cfg, run_dir, resume)
+        world.barrier()   # every rank has checked the folder before rank 0 writes to it
+        with main_only_logging(world, log):
+            return _train(cfg, run_dir, ckpt, tensorboard, progress, world)
+    finally:
+        world.close()
+
+
+def _train(cfg: Config, run_dir: Path, ckpt: Optional[dict], tensorboard: bool, progress: bool | None,
+           world: World) -> dict:
+    """Build the run and loop over its epochs: this process's part of ``train``."""
+    run = Run(cfg, run_dir, ckpt, tensorboard, sys.stdout.isatty() if progress is None else progress, world)
     log.info("run folder %s: %s %s (width %s) on %s, %d steps of batch %d on %s", run_dir, cfg.method.name,
              cfg.model.name, cfg.model.width, cfg.data.name, run.total_steps, cfg.train.batch_size, run.device)
     try:

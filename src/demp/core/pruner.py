@@ -10,13 +10,21 @@ Lambda follows a schedule with a fixed peak (the paper's form), or, given a budg
 (``target_units`` or ``target_flops``), the controller in ``demp.core.budget``.  Before each
 dead check the BatchNorm statistics are re-estimated (``demp.core.batchnorm``) and restored
 after it.  The method is described in docs/method.md.
+
+Under ``torch.distributed`` (DDP) the dead masks are AND-reduced over the ranks, so every
+rank removes the same units (``demp.core.distributed``); give every rank the same seed, so
+the noise keeps the replicas identical too.  Whatever holds parameter references (a DDP
+wrapper, an EMA copy) is rebuilt in a callback registered with ``on_removal``
+(``demp.integrations.ddp.PrunableDDP`` does it for DDP).  A ``torch.compile``d model is
+accepted: the pruner works on its ``_orig_mod`` and resets Dynamo after each removal, so
+the next call compiles the new shapes from scratch instead of piling up recompilations.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -25,6 +33,7 @@ from demp.core import regulariser
 from demp.core.batchnorm import recalibrated
 from demp.core.budget import BudgetController
 from demp.core.detection import UnitScan, list_sites, scan_units
+from demp.core.distributed import agree_dead, check_same_widths
 from demp.core.flops import forward_flops
 from demp.core.noise import NOISE_MODES, NoiseInjector
 from demp.core.schedules import SCHEDULES, Schedule, make_schedule
@@ -140,6 +149,8 @@ class DemonPruner:
                 raise DempError(f"{what} must be re-iterable (a list of batches or a DataLoader), "
                                 "not a one-shot iterator: it is read at every dead check")
         c = self.config
+        self._callbacks: list[Callable[[RemovalReport], None]] = []
+        model = self._unwrap(model)
         self.model, self.optimizer = model, optimizer
         self.example_inputs, self.probe, self.total_steps = example_inputs, probe, total_steps
         self.calibration = calibration if calibration is not None else probe
@@ -158,6 +169,27 @@ class DemonPruner:
         self.widths: dict[str, int] = {}
         self.dead_kept: dict[str, int] = {}
         self.initial: dict[str, int] = {}  # units and forward FLOPs before any removal
+
+    def _unwrap(self, model: nn.Module) -> nn.Module:
+        """The module to prune: a compiled model's ``_orig_mod`` (Dynamo reset after each removal)."""
+        from torch.nn.parallel import DistributedDataParallel
+        if isinstance(model, DistributedDataParallel):
+            raise DempError("DemonPruner was given a DistributedDataParallel wrapper; pass the module "
+                            "inside it (ddp.module) and rebuild the wrapper after each removal, e.g. "
+                            "with demp.integrations.ddp.PrunableDDP(module, pruner)")
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            self.on_removal(_reset_dynamo)
+            return self._unwrap(inner)
+        return model
+
+    def on_removal(self, callback: Callable[[RemovalReport], None]) -> None:
+        """Call ``callback(report)`` after every removal event (at once, on every rank alike).
+
+        For what holds references to the old parameters: a DDP wrapper, an EMA copy, a
+        compiled model, a second optimizer.
+        """
+        self._callbacks.append(callback)
 
     # ------------------------------------------------------------------ per step
     @property
@@ -179,6 +211,22 @@ class DemonPruner:
         if lam == 0 or not self._reg_params:
             return torch.zeros((), device=model_device(self.model))
         return lam * regulariser.penalty(self._reg_params, self.config.reg_form)
+
+    @torch.no_grad()
+    def add_penalty_grad(self, grad_scale: float = 1.0) -> None:
+        """Add the penalty's exact gradient to ``.grad`` (after backward), instead of ``penalty()``
+        in the loss: for loops whose loss cannot change.  ``grad_scale`` is the factor the task
+        gradients carry at this point (an AMP loss scale, 1/k with k accumulated batches)."""
+        lam = self.lam
+        self._penalty_scale = lam
+        if lam == 0 or not self._reg_params:
+            return
+        grads = regulariser.penalty_grad(self._reg_params, self.config.reg_form, lam * grad_scale)
+        for p, g in zip(self._reg_params, grads):
+            if p.grad is None:
+                p.grad = g
+            else:
+                p.grad.add_(g)
 
     def step(self, loss: Optional[torch.Tensor] = None) -> Optional[RemovalReport]:
         """Call after optimizer.step(): noise, then (every prune_every steps) check and remove.
@@ -260,6 +308,7 @@ class DemonPruner:
         """Dead check now, then remove the dead units from the model and the optimizer."""
         t0 = time.perf_counter()
         scan = self.scan()
+        scan.dead = agree_dead(scan.dead)
         t1 = time.perf_counter()
         units, params = scan.units, count_params(self.model)
         if not self.initial:
@@ -269,6 +318,7 @@ class DemonPruner:
             report = remove_units(self.model, dead, self.example_inputs, self.optimizer,
                                   min_units=self.config.min_units, pruners=self.pruners)
             self._refresh_params()
+            check_same_widths({n: r.width_after for n, r in report.sites.items()}, "after a removal")
         else:
             report = RemovalReport(units, 0, params, params, {})
         self.widths = {s.name: s.width for s in scan.sites}
@@ -285,6 +335,9 @@ class DemonPruner:
             params_after=count_params(self.model), check_s=t1 - t0,
             removal_s=time.perf_counter() - t1, widths=dict(self.widths),
             quasi_dead={str(e): sum(c.values()) for e, c in scan.quasi_dead.items()}, lam=self.lam))
+        if report.units_removed:
+            for callback in self._callbacks:
+                callback(report)
         return report
 
     @property
@@ -334,6 +387,12 @@ class DemonPruner:
         self.initial = dict(state.get("initial", {}))
         if self.budget and state.get("budget"):
             self.budget.load_state_dict(state["budget"])
+
+
+def _reset_dynamo(report: RemovalReport) -> None:
+    """Forget every compiled graph, so a compiled model compiles its new shapes from scratch."""
+    import torch._dynamo
+    torch._dynamo.reset()
 
 
 def _norm(v: Any) -> Any:

@@ -1,0 +1,1 @@
+"""Glue between DemonPruner and the places models train: DDP, torch.compile, Lightning."""

@@ -1,0 +1,87 @@
+"""DemonPruner under DDP: 2 gloo processes on 127.0.0.1 agree on every removal.
+
+The workers live in ``ddp_workers`` (spawned processes import them by name).
+"""
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import ddp_workers
+from demp.core.distributed import agree_dead, check_same_widths, is_distributed
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(tmp_path, world: int, **options) -> list[dict]:
+    """The saved results of each rank of a ``train_tiny`` run on ``world`` processes."""
+    tmp_path.mkdir(exist_ok=True)
+    args = (world, free_port(), str(tmp_path), *options.values())
+    if world == 1:
+        ddp_workers.train_tiny(0, *args)
+    else:
+        mp.spawn(ddp_workers.train_tiny, args=args, nprocs=world)
+    return [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+
+
+def test_without_process_group_nothing_is_reduced():
+    masks = {"a": torch.tensor([True, False])}
+    assert not is_distributed()
+    assert agree_dead(masks)["a"].tolist() == [True, False]
+    check_same_widths({"a": 2}, "now")
+
+
+def test_ranks_agree_on_every_removal_with_different_probes(tmp_path):
+    """Each rank's probe differs (and BatchNorm statistics are per rank): removals stay equal."""
+    ranks = run(tmp_path, 2, net="batchnorm", steps=40, rank_probes=True)
+    assert ranks[0]["events"] >= 4
+    assert ranks[0]["widths"] == ranks[1]["widths"]
+    a, b = ranks[0]["state"], ranks[1]["state"]
+    params = [k for k in a if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(a[k], b[k]) for k in params)
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    one = run(tmp_path / "one", 1, net="groupnorm", steps=40)[0]
+    two = run(tmp_path / "two", 2, net="groupnorm", steps=40)
+    assert two[0]["widths"] == two[1]["widths"] == one["widths"] and one["events"] >= 4
+    assert all(torch.equal(two[0]["state"][k], two[1]["state"][k]) for k in one["state"])
+    diff = max((two[0]["state"][k] - v).abs().max().item() for k, v in one["state"].items())
+    print(f"widths {one['widths']}, removal events {one['events']}, max |w1 - w2| {diff:.2e}")
+    assert diff < 1e-4
+
+
+TINY = ["data.name=synthetic", "model.width=0.25", "train.batch_size=64", "train.epochs=2",
+        "train.log_every=2", "method.prune_every=4", "method.reg_peak=0.05", "data.probe_size=256",
+        "data.probe_batch=128", "threads=1", "method.recalibrate=false", "train.checkpoint_every=3"]
+"""test_training's tiny run (removal events without real deaths) with a mid-epoch checkpoint."""
+
+
+def run_app(out, world: int = 2, resume: bool = False, stop_at_step: int = 0) -> list:
+    out.mkdir(exist_ok=True)
+    mp.spawn(ddp_workers.train_app, args=(world, free_port(), str(out), TINY, resume, stop_at_step), nprocs=world)
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def test_demp_train_on_two_processes_resumes_exactly(tmp_path):
+    import demp
+    whole = run_app(tmp_path / "whole")
+    assert whole[0] == whole[1] and whole[0]["prune_events"] >= 1
+    assert (whole[0]["world_size"], whole[0]["global_batch"]) == (2, 64)
+    files = {p.name for p in (tmp_path / "whole" / "run").iterdir()}
+    assert files == {"config.yaml", "metrics.jsonl", "summary.json", "model.pt", "checkpoint.pt"}
+
+    assert run_app(tmp_path / "cut", stop_at_step=10) == [None, None]   # after the checkpoint at step 9
+    resumed = run_app(tmp_path / "cut", resume=True)
+    assert resumed[0]["test_acc"] == whole[0]["test_acc"] and resumed[0]["units_final"] == whole[0]["units_final"]
+    a = demp.load_pruned(tmp_path / "cut" / "run" / "model.pt").state_dict()
+    b = demp.load_pruned(tmp_path / "whole" / "run" / "model.pt").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
