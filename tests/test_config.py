@@ -59,7 +59,7 @@ def test_round_trip_through_dict_and_yaml():
     ("data.augment=3", "data.augment must be true or false"),
     ("method.reg_form=l3", "unknown reg_form 'l3'"),
     ("optim.milestones=[0.6, 0.3]", "optim.milestones must be increasing"),
-    ("optim.schedule=warmup_step", "needs optim.warmup_epochs > 0"),
+    ("optim.schedule=warmup_step", "unknown optim.schedule 'warmup_step'"),
     ("data.name=imagefolder", "needs data.root"),
     ("optim.warmup_epochs=1", "'one_cycle' has its own warm-up"),
 ])

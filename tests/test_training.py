@@ -125,7 +125,7 @@ def test_lr_schedules():
     assert one_cycle[100] == pytest.approx(1 / 25 / 1e4)
     step = lrs("step", "optim.milestones=[0.5]", "optim.gamma=0.1")
     assert step[49] == 1.0 and step[50] == pytest.approx(0.1)
-    warm = lrs("warmup_step", "optim.warmup_epochs=2", "optim.milestones=[0.5]", "optim.gamma=0.1")
+    warm = lrs("step", "optim.warmup_epochs=2", "optim.milestones=[0.5]", "optim.gamma=0.1")
     assert warm[0] == pytest.approx(1 / 20) and warm[19] == 1.0 and warm[60] == pytest.approx(0.1)
     assert lrs("cosine")[100] == pytest.approx(0.0, abs=1e-12) and lrs("constant") == [1.0] * 101
 

@@ -17,10 +17,10 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from demp.app.methods.base import MethodConfig, canonical_name, method_class, setting_keys
+from demp.core.schedules import SCHEDULES
 from demp.errors import DempError
 
 OPTIMIZERS = ("adamw", "sgd")
-LR_SCHEDULES = ("step", "one_cycle", "cosine", "warmup_step", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 AUTOCASTS = ("auto", "off", "bf16", "fp16")
 
@@ -68,10 +68,10 @@ class OptimConfig:
     lr: float = 1e-2
     weight_decay: float = 5e-4
     momentum: float = 0.9               # sgd only
-    schedule: str = "one_cycle"         # step | one_cycle | cosine | warmup_step | constant
+    schedule: str = "one_cycle"         # a name of demp.core.schedules.SCHEDULES (the vocabulary of lambda too)
     milestones: tuple[float, ...] = (0.3, 0.6, 0.9)   # step schedules: fractions of training
     gamma: float = 0.2                  # step schedules: factor at each milestone
-    warmup_epochs: float = 0.0          # linear warm-up (warmup_step, cosine, step, constant schedules)
+    warmup_epochs: float = 0.0          # linear warm-up on top of the schedule (not with one_cycle)
     label_smoothing: float = 0.0
 
 
@@ -127,7 +127,7 @@ def _check_names(cfg: Config) -> None:
     cfg.data.name = canonical_name(cfg.data.name, _data_names(), "data.name")
     cfg.model.name = canonical_name(cfg.model.name, list_models(), "model.name")
     choices = [("optim.name", cfg.optim.name, OPTIMIZERS),
-               ("optim.schedule", cfg.optim.schedule, LR_SCHEDULES),
+               ("optim.schedule", cfg.optim.schedule, SCHEDULES),
                ("train.autocast", cfg.train.autocast, AUTOCASTS),
                ("device", cfg.device, DEVICES)]
     for key, value, valid in choices:
@@ -172,9 +172,6 @@ def _check_ranges(cfg: Config) -> None:
     for key, value, ok, rule in rules:
         if not ok:
             raise DempError(f"{key} must be {rule}, got {value!r}")
-    if o.schedule == "warmup_step" and o.warmup_epochs <= 0:
-        raise DempError("optim.schedule 'warmup_step' needs optim.warmup_epochs > 0 "
-                        "(or use optim.schedule 'step')")
     if o.schedule == "one_cycle" and o.warmup_epochs > 0:
         raise DempError("optim.schedule 'one_cycle' has its own warm-up (to the peak at 30%); "
                         "set optim.warmup_epochs=0")

@@ -115,12 +115,12 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 def lr_factor(cfg: Config, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
     """LR multiplier per optimizer step: the schedule's shape times a linear warm-up.
 
-    one_cycle is torch's OneCycleLR shape (start lr/25, peak at 30%, end lr/2.5e5); step and
-    warmup_step multiply by gamma at each milestone (fractions of training); cosine decays to 0.
+    The shapes are DemP's schedule vocabulary (``demp.core.schedules``): one_cycle is torch's
+    OneCycleLR shape (start lr/25, peak at 30%, end lr/2.5e5); step multiplies by gamma at each
+    milestone (fractions of training); cosine decays to 0.
     """
     o = cfg.optim
-    kind = {"warmup_step": "step"}.get(o.schedule, o.schedule)
-    shape = make_schedule(kind, 1.0, total_steps, milestones=tuple(o.milestones), gamma=o.gamma)
+    shape = make_schedule(o.schedule, 1.0, total_steps, milestones=tuple(o.milestones), gamma=o.gamma)
     warmup = round(o.warmup_epochs * steps_per_epoch)
 
     def factor(step: int) -> float:

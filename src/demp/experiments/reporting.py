@@ -27,6 +27,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Iterable, Optional, Sequence
 
+from demp.app.rundir import ERROR_NAME, METRICS_NAME, SUMMARY_NAME
 from demp.errors import DempError
 
 COLUMNS = ("method", "optimizer", "knob", "target", "seed", "test_acc", "best_acc", "units_remaining",
@@ -61,7 +62,7 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     for p in map(Path, paths):
         if not p.is_dir():
             raise DempError(f"{p} is not a folder: give run folders or a sweep folder holding them")
-        found.update(s.parent.resolve() for s in p.rglob("summary.json"))
+        found.update(s.parent.resolve() for s in p.rglob(SUMMARY_NAME))
     return sorted(found)
 
 
@@ -69,8 +70,8 @@ def find_failed(paths: Iterable[str | Path]) -> dict[str, str]:
     """Runs that failed (error.txt, no summary.json) at or below each path: name -> last error line."""
     failed = {}
     for p in map(Path, paths):
-        for error in sorted(p.rglob("error.txt")):
-            if not (error.parent / "summary.json").is_file():
+        for error in sorted(p.rglob(ERROR_NAME)):
+            if not (error.parent / SUMMARY_NAME).is_file():
                 lines = error.read_text().strip().splitlines()
                 failed[error.parent.name] = lines[-1] if lines else "no message"
     return failed
@@ -92,10 +93,10 @@ def read_jsonl(path: Path) -> list[dict]:
 def load_run(path: Path) -> Run:
     """Read a run folder's summary.json and (if present) metrics.jsonl."""
     try:
-        summary = json.loads((path / "summary.json").read_text())
+        summary = json.loads((path / SUMMARY_NAME).read_text())
     except json.JSONDecodeError as e:
         raise DempError(f"{path / 'summary.json'} is not valid JSON: {e}") from None
-    metrics_file = path / "metrics.jsonl"
+    metrics_file = path / METRICS_NAME
     return Run(path, path.name, summary, read_jsonl(metrics_file) if metrics_file.is_file() else [])
 
 

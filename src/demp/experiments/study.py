@@ -39,6 +39,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from demp.app.rundir import METRICS_NAME, SUMMARY_NAME
 from demp.app.config import Config, config_from_dict, config_to_dict, load_config, set_dotted
 from demp.errors import DempError
 from demp.experiments.reporting import read_jsonl
@@ -190,8 +191,8 @@ def describe_run(run_dir: Path) -> str:
     """A finished study run in one line: dead units at the end, ever dead, test accuracy."""
     if run_state(run_dir) != "done":
         return _describe(run_dir)
-    checks = death_checks(read_jsonl(run_dir / "metrics.jsonl"))
-    summary = json.loads((run_dir / "summary.json").read_text())
+    checks = death_checks(read_jsonl(run_dir / METRICS_NAME))
+    summary = json.loads((run_dir / SUMMARY_NAME).read_text())
     last = checks[-1]
     return (f"dead {100 * last['dead'] / last['units']:.1f}% of {last['units']} units "
             f"(ever dead {100 * last['ever_dead'] / last['units']:.1f}%), test acc "

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from demp.app.rundir import METRICS_NAME, SUMMARY_NAME
 from demp.errors import DempError
 from demp.experiments.reporting import _md_table, _pyplot, find_failed, read_jsonl
 
@@ -81,10 +82,10 @@ def load_study_results(folder: Path) -> tuple[dict, list[StudyResult]]:
     results = []
     for run in plan["runs"]:
         run_dir = folder / run["name"]
-        if not (run_dir / "summary.json").is_file():
+        if not (run_dir / SUMMARY_NAME).is_file():
             continue
-        summary = json.loads((run_dir / "summary.json").read_text())
-        checks = death_checks(read_jsonl(run_dir / "metrics.jsonl"))
+        summary = json.loads((run_dir / SUMMARY_NAME).read_text())
+        checks = death_checks(read_jsonl(run_dir / METRICS_NAME))
         if not checks:
             raise DempError(f"{run_dir} has no dead-unit counts in metrics.jsonl: was it trained with "
                             "method count (demp study)?")
