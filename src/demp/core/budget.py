@@ -5,7 +5,8 @@ steps, and nobody knows in advance which peak removes half of the units.  Instea
 guessed peak, DemP can be given a budget (a fraction of units to remove, or a fraction of
 forward FLOPs to keep) and a time ``by_step`` to reach it.  The rule, applied at every check:
 
-- the plan is linear: ``planned(t) = target * min(1, t / by_step)``;
+- the plan is linear from ``start_step`` (0, or the peak of the lambda schedule it scales) to
+  the target at ``by_step``;
 - ``gap = planned(t) - achieved`` (fractions of the budget measure);
 - behind the plan (gap > 0): lambda grows by ``exp(gain * gap / target)``, at most x``max_up``
   per check and never above ``ceiling`` times its start.  Death is a cliff next to collapse:
@@ -36,7 +37,7 @@ class BudgetController:
     """Lambda from the gap between the planned and the achieved fraction removed."""
     target: float            # fraction of the measure to remove (units, or forward FLOPs)
     by_step: int             # step at which the plan reaches the target
-    lam: float               # current lambda (the start value is the user's reg_peak)
+    lam: float               # current strength (lambda itself, or a factor on a lambda schedule)
     gain: float = 4.0
     max_up: float = 1.25
     max_down: float = 1.25
@@ -46,6 +47,7 @@ class BudgetController:
     start_lam: float = 0.0
     met: bool = False
     short: bool = False      # gave up at the deadline, below the budget
+    start_step: int = 0      # the plan starts here (nothing planned before)
 
     def __post_init__(self) -> None:
         if not 0 < self.target < 1:
@@ -58,7 +60,7 @@ class BudgetController:
 
     def planned(self, step: int) -> float:
         """Fraction the plan wants removed by ``step``."""
-        return self.target * min(1.0, step / self.by_step)
+        return self.target * min(1.0, max(0.0, step - self.start_step) / max(1, self.by_step - self.start_step))
 
     def update(self, step: int, achieved: float) -> float:
         """New lambda after a check at ``step`` that found ``achieved`` of the measure removed."""

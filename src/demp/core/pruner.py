@@ -6,8 +6,11 @@
     ...
     pruner.finish()    # final dead check + removal
 
-Lambda follows a schedule with a fixed peak (the paper's form), or, given a budget
-(``target_units`` or ``target_flops``), the controller in ``demp.core.budget``.  Before each
+Lambda follows a schedule with a fixed peak (the paper's form).  Given a budget
+(``target_units`` or ``target_flops``) the schedule spans twice ``target_by`` and the controller
+in ``demp.core.budget`` scales it (a factor starting at 1, between 0.1 and 4) from the gap
+between the removed fraction and a plan that runs from the schedule's peak to the target at
+``target_by``; once the budget is met lambda and noise are zero.  Before each
 dead check the BatchNorm statistics are re-estimated (``demp.core.batchnorm``) and restored
 after it.  The method is described in docs/method.md.
 
@@ -42,10 +45,15 @@ from demp.core.utils import count_params, model_device
 from demp.errors import DempError
 
 
+BUDGET_SPAN = 2
+"""With a budget the lambda schedule spans this many times ``target_by`` (its one-cycle peak comes
+at 0.6 of target_by); the controller gives up at its end."""
+
+
 @dataclass
 class DemPConfig:
     """Every DemP setting, with its default (the paper's where it has one)."""
-    reg_peak: float = 1e-3                # lambda peak; with a budget, lambda's starting value
+    reg_peak: float = 1e-3                # lambda peak (with a budget: before the controller's factor)
     noise_peak: float = 5e-5
     prune_every: int = 1000               # steps between dead checks
     schedule: str = "one_cycle"
@@ -155,12 +163,13 @@ class DemonPruner:
         self.example_inputs, self.probe, self.total_steps = example_inputs, probe, total_steps
         self.calibration = calibration if calibration is not None else probe
         self.pruners = pruners
-        span = max(1, round(c.reg_span * total_steps))
+        by = max(1, round(c.target_by * total_steps))
+        span = max(1, round(c.reg_span * total_steps)) if not c.budgeted else by * BUDGET_SPAN
         self.reg_schedule: Schedule = make_schedule(c.schedule, c.reg_peak, span)
         self.noise_schedule: Schedule = make_schedule(c.schedule, c.noise_peak, span)
-        self.budget = (BudgetController(c.target_units or 1 - c.target_flops,
-                                        max(1, round(c.target_by * total_steps)), c.reg_peak)
-                       if c.budgeted else None)
+        peak = round(0.3 * span) if c.schedule == "one_cycle" else 0
+        self.budget = (BudgetController(c.target_units or 1 - c.target_flops, by, 1.0, start_step=min(peak, by - 1),
+                                        deadline=BUDGET_SPAN) if c.budgeted else None)
         self.noise = NoiseInjector(c.noise_mode, c.seed, model_device(model))
         self.step_count = 0
         self.history: list[RemovalEvent] = []
@@ -195,14 +204,13 @@ class DemonPruner:
     @property
     def lam(self) -> float:
         """Regulariser strength lambda_t at the current step."""
-        return self.budget.lam if self.budget else self.reg_schedule(self.step_count)
+        factor = self.budget.lam if self.budget else 1.0
+        return factor * self.reg_schedule(self.step_count)
 
     @property
     def sigma(self) -> float:
         """Noise standard deviation sigma_t at the current step (zero once a budget is met)."""
-        if self.budget:
-            return 0.0 if self.budget.met else self.config.noise_peak
-        return self.noise_schedule(self.step_count)
+        return 0.0 if self.budget_met else self.noise_schedule(self.step_count)
 
     def penalty(self) -> torch.Tensor:
         """lambda_t * sum(form(p)) over the regularised parameters; add it to the task loss."""
