@@ -502,29 +502,34 @@ def plot_live_units(run: Run, path: Path) -> Optional[Path]:
 
 
 def plot_widths(runs: Sequence[Run], path: Path, target: float = 0.8, optimizer: str = "adamw") -> Optional[Path]:
-    """Final width per site: dense, DemP and the most accurate baseline at ``target`` of units
-    removed (one optimizer); shows where each method takes its units from.  None without them."""
+    """Final width per site: dense, the DemP run that removed closest to ``target`` of the units
+    (any variant) and the most accurate baseline at ``target`` (one optimizer); shows where each
+    method takes its units from.  None without them."""
     at = [r for r in runs if r.summary.get("optimizer") == optimizer and r.summary.get("widths_final")]
     dense = next((r for r in at if r.summary["method"] == "dense"), None)
-    demp = [r for r in at if r.summary["method"] == "demp" and r.summary.get("target") == target]
-    rivals = [r for r in at if r.summary["method"] not in ("dense", "demp") and "[" not in r.summary["method"]
+    demp = [r for r in at if r.summary["method"].startswith("demp")]
+    rivals = [r for r in at if not r.summary["method"].startswith(("dense", "demp"))
               and r.summary.get("target") == target]
     if dense is None or not demp or not rivals:
         return None
+    ours = min(demp, key=lambda r: abs(1 - r.summary["units_remaining"] - target))
     best = max(rivals, key=lambda r: r.summary["test_acc"])
     sites = list(dense.summary["widths_final"])
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(7.0, 0.45 * len(sites) + 2), 4.4))
     x = list(range(len(sites)))
-    for i, (label, run) in enumerate([("dense", dense), ("demp", demp[0]), (best.summary["method"], best)]):
-        widths = [run.summary["widths_final"].get(s, 0) for s in sites]
-        acc = f" ({100 * run.summary['test_acc']:.1f}%)" if label != "dense" else ""
-        ax.bar([v + (i - 1) * 0.28 for v in x], widths, width=0.28, label=label + acc,
-               color="lightgray" if label == "dense" else _style(label)["color"])
+    for i, run in enumerate([dense, ours, best]):
+        s = run.summary
+        label = "dense" if run is dense else (f"{s['method']} ({100 * (1 - s['units_remaining']):.0f}% of "
+                                              f"units removed, {100 * s['test_acc']:.1f}%)")
+        widths = [s["widths_final"].get(site, 0) for site in sites]
+        ax.bar([v + (i - 1) * 0.28 for v in x], widths, width=0.28, label=label,
+               color="lightgray" if run is dense else _style(s["method"].split("[")[0])["color"])
     ax.set_xticks(x, [str(i + 1) for i in x])
     ax.set(xlabel="ReLU site (input side first)", ylabel="units (channels / features)",
-           title=f"final widths at {100 * target:.0f}% of units removed, {optimizer}")
-    ax.legend(frameon=False)
+           title=f"final widths: the best baseline at {100 * target:.0f}% of units removed and the "
+                 f"closest DemP run, {optimizer}")
+    ax.legend(frameon=False, fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
