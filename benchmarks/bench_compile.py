@@ -19,9 +19,8 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from bench_overhead import interleaved  # noqa: E402
+from bench_overhead import interleaved, step_fn  # noqa: E402
 from demp.app.models import create_model  # noqa: E402
 
 
@@ -31,13 +30,7 @@ def make_step(compiled: bool):
     forward = torch.compile(model) if compiled else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=5e-4)
     x, y = torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))
-
-    def step() -> None:
-        loss = F.cross_entropy(forward(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
+    return lambda: step_fn(model, opt, x, y, forward=forward)
 
 
 def main() -> None:

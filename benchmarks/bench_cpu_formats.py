@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from contextlib import nullcontext
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from bench_overhead import interleaved  # noqa: E402
+from bench_overhead import interleaved, step_fn  # noqa: E402
 from demp.app.models import create_model  # noqa: E402
 
 SETTINGS = {"default": (False, None), "channels_last": (True, None),
@@ -36,15 +34,7 @@ def make_step(channels_last: bool, dtype):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (128,))
-    ctx = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else nullcontext
-
-    def step() -> None:
-        with ctx():
-            loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
+    return lambda: step_fn(model, opt, x, y, dtype=dtype)
 
 
 def main() -> None:

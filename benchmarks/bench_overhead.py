@@ -18,6 +18,7 @@ Usage: python benchmarks/bench_overhead.py [--quick] [--resnet-width 1.0] [--pla
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import time
@@ -32,13 +33,12 @@ from demp.core.batchnorm import recalibrated
 from demp.app.models.vgg import VGG
 
 
-AUTOCAST = {"on": False}
-
-
-def step_fn(model: nn.Module, opt: torch.optim.Optimizer, x, y, pruner=None) -> None:
-    """One training step, with DemP's two calls when a pruner is given."""
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=AUTOCAST["on"]):
-        loss = F.cross_entropy(model(x), y)
+def step_fn(model: nn.Module, opt: torch.optim.Optimizer, x, y, pruner=None, *,
+            dtype: torch.dtype | None = None, forward=None) -> None:
+    """One training step (autocast to ``dtype`` if given; ``forward`` e.g. a compiled model),
+    with DemP's two calls when a pruner is given.  Shared by the benchmarks."""
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        loss = F.cross_entropy((forward or model)(x), y)
     if pruner is not None:
         loss = loss + pruner.penalty()
     opt.zero_grad(set_to_none=True)
@@ -101,7 +101,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    AUTOCAST["on"] = not args.plain_format
+    step = functools.partial(step_fn, dtype=None if args.plain_format else torch.bfloat16)
     fmt = torch.contiguous_format if args.plain_format else torch.channels_last
     rounds, per = (2, 2) if args.quick else (5, 4)
     x, y = torch.randn(128, 3, 32, 32).contiguous(memory_format=fmt), torch.randint(0, 10, (128,))
@@ -112,15 +112,15 @@ def main() -> None:
     # 1. per-step overhead (no removal event in the timed steps)
     plain = create_model("vgg16_bn", width=0.25).to(memory_format=fmt)
     popt = torch.optim.AdamW(plain.parameters(), lr=1e-3)
-    step_fn(plain, popt, x, y)
-    fns = {"plain": lambda: step_fn(plain, popt, x, y)}
+    step(plain, popt, x, y)
+    fns = {"plain": lambda: step(plain, popt, x, y)}
     for k in (1, 4):
         model = create_model("vgg16_bn", width=0.25).to(memory_format=fmt)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         pruner = demp.DemonPruner(model, opt, x[:2], total_steps=10_000, probe=probe,
                                   reg_peak=1e-3, noise_peak=5e-5, prune_every=10_000, noise_every=k)
-        step_fn(model, opt, x, y, pruner)  # step 0 runs the first dead check; not timed
-        fns[f"demp_k{k}"] = (lambda m, o, p: lambda: step_fn(m, o, x, y, p))(model, opt, pruner)
+        step(model, opt, x, y, pruner)  # step 0 runs the first dead check; not timed
+        fns[f"demp_k{k}"] = (lambda m, o, p: lambda: step(m, o, x, y, p))(model, opt, pruner)
     t = interleaved(fns, rounds, per)
     out["vgg_step_s"] = t["plain"]
     out["step_overhead"] = t["demp_k1"] / t["plain"]
@@ -141,8 +141,8 @@ def main() -> None:
     # 3. one removal event on ResNet-18
     resnet = create_model("resnet18", width=args.resnet_width)
     ropt = torch.optim.AdamW(resnet.parameters(), lr=1e-3)
-    step_fn(resnet, ropt, x, y)
-    rstep = timed(lambda: step_fn(resnet, ropt, x, y), max(2, per))
+    step(resnet, ropt, x, y)
+    rstep = timed(lambda: step(resnet, ropt, x, y), max(2, per))
     plant_dead(resnet, 0.3)
     dead = demp.find_dead_units(resnet, [x])
     t0 = time.perf_counter()
@@ -161,10 +161,10 @@ def main() -> None:
     assert [p.shape for p in fresh.parameters()] == [p.shape for p in pruned.parameters()]
     fopt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
     qopt = torch.optim.AdamW(pruned.parameters(), lr=1e-3)
-    step_fn(fresh, fopt, x, y)
-    step_fn(pruned, qopt, x, y)
-    t2 = interleaved({"fresh": lambda: step_fn(fresh, fopt, x, y),
-                      "pruned": lambda: step_fn(pruned, qopt, x, y)}, rounds, per)
+    step(fresh, fopt, x, y)
+    step(pruned, qopt, x, y)
+    t2 = interleaved({"fresh": lambda: step(fresh, fopt, x, y),
+                      "pruned": lambda: step(pruned, qopt, x, y)}, rounds, per)
     out["pruned_vs_fresh"] = t2["pruned"] / t2["fresh"]
     out["pruned_params_frac"] = demp.count_params(pruned) / demp.count_params(plain)
     out["pruned_vs_dense_step"] = t2["pruned"] / t["plain"]
