@@ -10,6 +10,10 @@ from demp.core.regulariser import (
     penalty,
     penalty_grad,
     regularised_params,
+    shift_pairs,
+    shift_push,
+    shift_push_grad,
+    silenced,
 )
 
 
@@ -113,3 +117,39 @@ def test_bad_names_raise_listing_valid_choices() -> None:
     with pytest.raises(ValueError, match="'L1'.*l1_pos"):
         penalty_grad([torch.ones(1)], "L1", 1.0)
     assert REG_TARGETS == ("norm_scales", "all_weights")
+
+
+def test_shift_push_reaches_only_silenced_batchnorm_units() -> None:
+    model, parts = _net()
+    with torch.no_grad():
+        parts["bn2d"].weight.copy_(torch.tensor([1.0, 0.01, -0.5, 0.0]))   # units 1 and 3 silenced
+        parts["bn2d"].bias.copy_(torch.tensor([0.3, 0.2, -0.1, 0.4]))
+    pairs = shift_pairs(model)
+    # trainable affine BatchNorms only: no GroupNorm/LayerNorm, no frozen or affine-free BN
+    assert [id(s) for _, s in pairs] == [id(parts["bn2d"].bias), id(parts["bn1d"].bias)]
+    assert silenced(parts["bn2d"].weight, 0.05).tolist() == [False, True, False, True]
+    total = shift_push(pairs, 0.05)
+    assert total.item() == pytest.approx(0.2 + 0.4)   # bn1d's scales are all 1: none silenced
+    total.backward()
+    grads = shift_push_grad(pairs, 0.05, 0.5)
+    assert torch.equal(parts["bn2d"].bias.grad * 0.5, grads[0]) and not grads[1].any()
+    assert torch.equal(grads[0], torch.tensor([0.0, 0.5, 0.0, 0.5]))
+
+
+def test_shift_push_turns_a_silenced_unit_into_a_dead_one() -> None:
+    """A unit with scale 0 and shift > 0 outputs a constant; pushing its shift kills it."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 0.0, 1.0]))
+        bn.bias.fill_(0.5)
+    x = torch.randn(64, 3)
+    assert (torch.relu(bn(x))[:, 1] > 0).all()                  # silenced, not dead
+    opt = torch.optim.SGD([bn.bias], lr=0.1)
+    for _ in range(10):
+        opt.zero_grad()
+        shift_push(shift_pairs(bn), 0.05).backward()
+        opt.step()
+    bn.eval()
+    out = torch.relu(bn(x))
+    assert (out[:, 1] == 0).all() and (out[:, 0] > 0).any() and bn.bias[0] == 0.5

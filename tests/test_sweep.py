@@ -11,7 +11,7 @@ import yaml
 
 from demp.errors import DempError
 from demp.experiments.reporting import COLUMNS
-from demp.experiments.sweep import load_sweep, plan_runs, run_config, run_name, run_sweep
+from demp.experiments.sweep import load_sweep, plan_extra_seeds, plan_runs, run_config, run_name, run_sweep
 
 TINY = {"data.name": "synthetic", "model.name": "small_cnn", "model.width": 0.125, "train.epochs": 1,
         "train.max_steps": 3, "train.batch_size": 64, "train.log_every": 1, "method.prune_every": 2,
@@ -105,6 +105,19 @@ def test_tiny_grid_runs_resumes_and_reports(tmp_path: Path, capsys):
     assert all(o.status == "skipped" for o in again) and len(again) == len(outcomes)
     assert stamps == {n: (out / n / "summary.json").stat().st_mtime_ns for n in done}
     assert "0 runs done" in capsys.readouterr().out
+
+
+def test_extra_seeds_can_be_limited_to_methods_and_optimizers(tmp_path: Path):
+    path = write_sweep(tmp_path, grid=[{"method": "dense", "optim": ["adamw", "sgd"]},
+                                       {"method": "snap", "target": [0.5]}],
+                       extra_seeds={"seeds": [1], "near_units_removed": [0.5], "methods": ["dense"],
+                                    "optims": ["adamw"]})
+    runs, _ = plan_extra_seeds(load_sweep(path), tmp_path / "none")
+    assert [r.name for r in runs] == ["dense-adamw-s1"]
+    bad = write_sweep(tmp_path, grid=[{"method": "dense"}],
+                      extra_seeds={"seeds": [1], "near_units_removed": [0.5], "methods": ["dense", "snp"]})
+    with pytest.raises(DempError, match=r"extra_seeds.methods.*unknown \['snp'\]"):
+        load_sweep(bad)
 
 
 def test_workers_run_in_processes(tmp_path: Path):

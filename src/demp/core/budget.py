@@ -5,15 +5,20 @@ steps, and nobody knows in advance which peak removes half of the units.  Instea
 guessed peak, DemP can be given a budget (a fraction of units to remove, or a fraction of
 forward FLOPs to keep) and a time ``by_step`` to reach it.  The rule, applied at every check:
 
-- the plan is linear from ``start_step`` (0, or the peak of the lambda schedule it scales) to
-  the target at ``by_step``;
-- ``gap = planned(t) - achieved`` (fractions of the budget measure);
+- the plan is linear from nothing at step 0 to the target at ``by_step``;
+- before ``hold_until`` (the peak of the lambda schedule it scales) lambda is left as the
+  schedule has it: deaths before the peak are early, not a reason to back off, and nothing
+  dying while lambda still rises is no reason to push harder (pushing during the rise made
+  the network collapse at the peak);
+- from then on ``gap = planned(t) - achieved`` (fractions of the budget measure);
 - behind the plan (gap > 0): lambda grows by ``exp(gain * gap / target)``, at most x``max_up``
   per check and never above ``ceiling`` times its start.  Death is a cliff next to collapse:
   VGG-16-BN w0.25 on CIFAR-10 with AdamW trained at lambda 0.07 and fell to chance at 0.14,
-  the first deaths came only then (41% of units at once), and no lambda made more units die
-  afterwards (scales at zero leave units constant, not dead).  So lambda moves slowly and the
-  starting value ``reg_peak`` should be a strength known to train (the ceiling is 4x it);
+  the first deaths came only then (41% of units at once), and without the shift push
+  (``demp.core.regulariser``) no lambda made more units die afterwards (scales at zero leave
+  units constant, not dead).  So lambda moves slowly and the starting value ``reg_peak``
+  should be a strength known to train (the ceiling is 4x it); the pruner holds the schedule
+  at its peak, so that the factor alone sets the strength;
 - ahead of it (gap < 0): lambda shrinks by the same rule, but gently (at most /``max_down``),
   so deaths slow while the plan catches up without losing the pressure that later deaths
   need; lambda never falls below ``floor`` times its start;
@@ -47,7 +52,7 @@ class BudgetController:
     start_lam: float = 0.0
     met: bool = False
     short: bool = False      # gave up at the deadline, below the budget
-    start_step: int = 0      # the plan starts here (nothing planned before)
+    hold_until: int = 0      # lambda is left alone before this step (the schedule's peak)
 
     def __post_init__(self) -> None:
         if not 0 < self.target < 1:
@@ -60,7 +65,7 @@ class BudgetController:
 
     def planned(self, step: int) -> float:
         """Fraction the plan wants removed by ``step``."""
-        return self.target * min(1.0, max(0.0, step - self.start_step) / max(1, self.by_step - self.start_step))
+        return self.target * min(1.0, max(0.0, step / self.by_step))
 
     def update(self, step: int, achieved: float) -> float:
         """New lambda after a check at ``step`` that found ``achieved`` of the measure removed."""
@@ -69,6 +74,8 @@ class BudgetController:
             return self.lam
         if step >= self.deadline * self.by_step:
             self.met, self.short, self.lam = True, True, 0.0
+            return self.lam
+        if step < self.hold_until:
             return self.lam
         gap = self.planned(step) - achieved
         factor = math.exp(self.gain * gap / self.target)

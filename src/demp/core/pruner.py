@@ -7,10 +7,11 @@
     pruner.finish()    # final dead check + removal
 
 Lambda follows a schedule with a fixed peak (the paper's form).  Given a budget
-(``target_units`` or ``target_flops``) the schedule spans twice ``target_by`` and the controller
+(``target_units`` or ``target_flops``) the schedule spans twice ``target_by``, rises to its peak
+and holds it there, and the controller
 in ``demp.core.budget`` scales it (a factor starting at 1, between 0.1 and 4) from the gap
-between the removed fraction and a plan that runs from the schedule's peak to the target at
-``target_by``; once the budget is met lambda and noise are zero.  Before each
+between the removed fraction and a plan that runs from 0 to the target at ``target_by``,
+from the schedule's peak on; once the budget is met lambda and noise are zero.  Before each
 dead check the BatchNorm statistics are re-estimated (``demp.core.batchnorm``) and restored
 after it.  The method is described in docs/method.md.
 
@@ -71,6 +72,9 @@ class DemPConfig:
     target_units: Optional[float] = None  # budget: fraction of units to remove
     target_flops: Optional[float] = None  # budget: fraction of forward FLOPs to keep
     target_by: float = 0.3                # fraction of training by which to meet the budget
+    shift_push: float = 1.0               # lambda x this on the shifts of silenced BatchNorm units
+                                          # (0: the paper's form; core/regulariser.py)
+    silenced_below: float = 0.05          # a unit is silenced below this x its layer's largest scale
     seed: int = 0
     final_prune: bool = True
 
@@ -102,6 +106,9 @@ class DemPConfig:
             (self.target_units is None or self.target_flops is None,
              "give one budget: target_units or target_flops, not both"),
             (0 < self.target_by <= 1, f"target_by must be a fraction of training in (0, 1], got {self.target_by}"),
+            (self.shift_push >= 0, f"shift_push must be >= 0 (0 turns it off), got {self.shift_push}"),
+            (0 < self.silenced_below < 1,
+             f"silenced_below must be a fraction of the layer's largest scale in (0, 1), got {self.silenced_below}"),
             (not self.budgeted or self.reg_peak > 0,
              "a budget needs reg_peak > 0 as lambda's starting value"),
         ]
@@ -167,8 +174,11 @@ class DemonPruner:
         span = max(1, round(c.reg_span * total_steps)) if not c.budgeted else by * BUDGET_SPAN
         self.reg_schedule: Schedule = make_schedule(c.schedule, c.reg_peak, span)
         self.noise_schedule: Schedule = make_schedule(c.schedule, c.noise_peak, span)
-        peak = round(0.3 * span) if c.schedule == "one_cycle" else 0
-        self.budget = (BudgetController(c.target_units or 1 - c.target_flops, by, 1.0, start_step=min(peak, by - 1),
+        # with a budget lambda rises as the schedule does and then holds its peak, so that the
+        # controller's factor alone decides how hard it pushes until the budget is met
+        self._peak_step = max(range(0, span + 1, max(1, span // 1000)), key=self.reg_schedule)
+        self.budget = (BudgetController(c.target_units or 1 - c.target_flops, by, 1.0,
+                                        hold_until=min(self._peak_step, by - 1),
                                         deadline=BUDGET_SPAN) if c.budgeted else None)
         self.noise = NoiseInjector(c.noise_mode, c.seed, model_device(model))
         self.step_count = 0
@@ -204,8 +214,9 @@ class DemonPruner:
     @property
     def lam(self) -> float:
         """Regulariser strength lambda_t at the current step."""
-        factor = self.budget.lam if self.budget else 1.0
-        return factor * self.reg_schedule(self.step_count)
+        if not self.budget:
+            return self.reg_schedule(self.step_count)
+        return self.budget.lam * self.reg_schedule(min(self.step_count, self._peak_step))
 
     @property
     def sigma(self) -> float:
@@ -218,7 +229,11 @@ class DemonPruner:
         self._penalty_scale = lam
         if lam == 0 or not self._reg_params:
             return torch.zeros((), device=model_device(self.model))
-        return lam * regulariser.penalty(self._reg_params, self.config.reg_form)
+        total = regulariser.penalty(self._reg_params, self.config.reg_form)
+        if self.config.shift_push and self._shift_pairs:
+            push = regulariser.shift_push(self._shift_pairs, self.config.silenced_below)
+            total = total + self.config.shift_push * push
+        return lam * total
 
     @torch.no_grad()
     def add_penalty_grad(self, grad_scale: float = 1.0) -> None:
@@ -229,12 +244,22 @@ class DemonPruner:
         self._penalty_scale = lam
         if lam == 0 or not self._reg_params:
             return
-        grads = regulariser.penalty_grad(self._reg_params, self.config.reg_form, lam * grad_scale)
-        for p, g in zip(self._reg_params, grads):
+        params, grads = self._penalty_grads(lam * grad_scale)
+        for p, g in zip(params, grads):
             if p.grad is None:
                 p.grad = g
             else:
                 p.grad.add_(g)
+
+    def _penalty_grads(self, scale: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The parameters the penalty reaches and its gradient on each, for lambda = ``scale``."""
+        params = list(self._reg_params)
+        grads = list(regulariser.penalty_grad(params, self.config.reg_form, scale))
+        if self.config.shift_push and self._shift_pairs:
+            params += [shift for _, shift in self._shift_pairs]
+            grads += regulariser.shift_push_grad(self._shift_pairs, self.config.silenced_below,
+                                                 self.config.shift_push * scale)
+        return params, grads
 
     def step(self, loss: Optional[torch.Tensor] = None) -> Optional[RemovalReport]:
         """Call after optimizer.step(): noise, then (every prune_every steps) check and remove.
@@ -250,9 +275,7 @@ class DemonPruner:
         if sigma > 0 and self.step_count % k == 0:
             pen = None
             if self.config.noise_mode != "all" and self._penalty_scale > 0:
-                grads = regulariser.penalty_grad(self._reg_params, self.config.reg_form,
-                                                 self._penalty_scale)
-                pen = dict(zip(self._reg_params, grads))
+                pen = dict(zip(*self._penalty_grads(self._penalty_scale)))
             self.noise.apply(self._noise_params, sigma * math.sqrt(k), pen)
         self._penalty_scale = 0.0
         report = None
@@ -361,6 +384,7 @@ class DemonPruner:
         """Re-read parameter lists (surgery replaces the parameters it shrinks)."""
         self._reg_params = regulariser.regularised_params(self.model, self.config.reg_target)
         self._noise_params = [p for p in self.model.parameters() if p.requires_grad]
+        self._shift_pairs = regulariser.shift_pairs(self.model)
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:

@@ -85,3 +85,40 @@ def penalty_grad(params: list[torch.Tensor], form: str, scale: float) -> list[to
             for g, p in zip(grads, params):
                 g.masked_fill_(p <= 0, 0.0)  # relu passes no gradient at or below 0
         return grads
+
+
+# ---------------------------------------------------------------- the shift push (demp's addition)
+# An L1 penalty drives a unit's scale to zero, but a BatchNorm unit with scale 0 and a positive
+# shift outputs the constant relu(shift): it is silenced, not dead, and no dead check can
+# remove it.  On VGG-16-BN/CIFAR-10 such units were 17% of all units at the end of budgeted
+# runs.  The push adds lambda * shift to the loss for every silenced unit (scale below
+# ``below`` times the largest scale of its layer), which walks the shift down until the unit
+# is dead; a constant input is mostly absorbed by the next normalisation, so this costs little.
+# docs/method.md, "Where demp departs".
+
+def shift_pairs(model: nn.Module) -> list[tuple[nn.Parameter, nn.Parameter]]:
+    """(scale, shift) of every BatchNorm with trainable affine parameters."""
+    return [(m.weight, m.bias) for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            and isinstance(m.weight, nn.Parameter) and isinstance(m.bias, nn.Parameter)
+            and m.weight.requires_grad and m.bias.requires_grad and m.weight.numel() > 1]
+
+
+@torch.no_grad()
+def silenced(scale: torch.Tensor, below: float) -> torch.Tensor:
+    """Mask of units whose scale is below ``below`` times the largest |scale| of the layer."""
+    mag = scale.detach().abs()
+    return mag < below * mag.max()
+
+
+def shift_push(pairs: list[tuple[nn.Parameter, nn.Parameter]], below: float) -> torch.Tensor:
+    """Sum of the shifts of the silenced units (a 0-dim tensor; its gradient is the mask)."""
+    terms = [(shift * silenced(scale, below)).sum() for scale, shift in pairs]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+@torch.no_grad()
+def shift_push_grad(pairs: list[tuple[nn.Parameter, nn.Parameter]], below: float,
+                    scale: float) -> list[torch.Tensor]:
+    """Gradient of ``scale * shift_push(pairs, below)`` for each pair's shift."""
+    return [silenced(gamma, below).to(shift.dtype) * scale for gamma, shift in pairs]

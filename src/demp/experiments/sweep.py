@@ -20,6 +20,7 @@ folder)::
     extra_seeds:                   # optional: more seeds where they matter, chosen after the grid
       seeds: [1]
       near_units_removed: [0.5, 0.8]
+      methods: [dense, demp, snap]   # optional: only these methods (and optims: [...]) get them
 
 Grid entry keys: ``method`` (a registered method), ``optim`` (a name or list; default
 ``[adamw]``), ``knob`` (list of values of the method's knob: ``method.reg_peak`` for demp,
@@ -71,6 +72,7 @@ from demp.errors import DempError
 TOP_KEYS = ("name", "out", "base", "set", "optims", "grid", "seeds", "extra_seeds")
 ENTRY_KEYS = ("method", "optim", "knob", "reg_peak", "target", "set", "variant")
 EXTRA_KEYS = ("seeds", "near_units_removed")
+EXTRA_FILTERS = ("methods", "optims")    # optional: only these methods / optimizers get extra seeds
 
 
 # ----------------------------------------------------------------------------- schema
@@ -104,6 +106,11 @@ class ExtraSeeds:
     """More seeds for the knobs nearest to given fractions of units removed."""
     seeds: tuple[int, ...]
     near_units_removed: tuple[float, ...]
+    methods: Optional[tuple[str, ...]] = None    # None: every method
+    optims: Optional[tuple[str, ...]] = None     # None: every optimizer
+
+    def covers(self, method: str, optim: str) -> bool:
+        return (self.methods is None or method in self.methods) and (self.optims is None or optim in self.optims)
 
 
 @dataclass
@@ -239,14 +246,19 @@ def load_sweep(path: str | Path) -> Sweep:
                         else _overrides(value, path, f"optims.{name}"))
     extra = None
     if raw.get("extra_seeds") is not None:
-        e = _check_keys(raw["extra_seeds"], EXTRA_KEYS, path, "extra_seeds")
+        e = _check_keys(raw["extra_seeds"], EXTRA_KEYS + EXTRA_FILTERS, path, "extra_seeds")
         for key in EXTRA_KEYS:
             if key not in e:
                 raise _fail(path, "extra_seeds", f"needs '{key}'")
         near = _numbers(e["near_units_removed"], path, "extra_seeds.near_units_removed")
         if not all(0 < x < 1 for x in near):
             raise _fail(path, "extra_seeds.near_units_removed", f"fractions in (0, 1) expected, got {list(near)}")
-        extra = ExtraSeeds(_numbers(e["seeds"], path, "extra_seeds.seeds", int), near)
+        filters = {key: tuple(str(v) for v in _as_list(e[key])) for key in EXTRA_FILTERS if key in e}
+        for key, valid in (("methods", available_methods()), ("optims", OPTIMIZERS)):
+            unknown = sorted(set(filters.get(key, ())) - set(valid))
+            if unknown:
+                raise _fail(path, f"extra_seeds.{key}", f"unknown {unknown}; choose from {', '.join(valid)}")
+        extra = ExtraSeeds(_numbers(e["seeds"], path, "extra_seeds.seeds", int), near, **filters)
     name = raw.get("name") or path.stem
     grid = [_parse_entry(entry, i, path) for i, entry in enumerate(_as_list(raw["grid"]))]
     sweep = Sweep(path=path, name=str(name), out=raw.get("out"),
@@ -332,6 +344,8 @@ def plan_extra_seeds(sweep: Sweep, sweep_dir: Path) -> tuple[list[PlannedRun], l
     base_runs = plan_runs(sweep)
     for i, entry in enumerate(sweep.grid):
         for optim in entry.optims:
+            if not extra.covers(entry.method, optim):
+                continue
             if entry.method == "dense":
                 chosen[(i, optim, None)] = None
                 continue
