@@ -74,10 +74,13 @@ def test_cpu_cifar_sweep_compares_at_matched_units():
         assert {r.knob for r in runs if r.entry.method == method and r.optim == "sgd"} == {0.5, 0.8}, method
     variants = {r.name for r in runs if r.entry.variant}
     assert variants == {"demp-adamw-t0.65-no-noise-s0", "demp-adamw-t0.65-no-reestimation-s0",
-                        "demp-adamw-0.01-one-cycle-s0", "demp-adamw-0.025-one-cycle-s0"}
+                        "demp-adamw-t0.65-no-push-s0", "demp-adamw-0.01-paper-s0", "demp-adamw-0.025-paper-s0"}
     cfg = run_config(sweep, next(r for r in runs if r.entry.variant == "no-noise"))
     assert cfg.method.noise_peak == 0 and cfg.method.target_units == 0.65 and cfg.label == "no-noise"
+    paper = run_config(sweep, next(r for r in runs if r.entry.variant == "paper"))
+    assert paper.method.shift_push == 0 and paper.method.target_units is None
     assert sweep.extra_seeds and sweep.extra_seeds.near_units_removed == (0.5, 0.8)
+    assert sweep.extra_seeds.optims == ("adamw",) and not sweep.extra_seeds.variants
 
 
 @pytest.mark.parametrize("path", SMOKE, ids=_id)

@@ -109,9 +109,10 @@ def test_tiny_grid_runs_resumes_and_reports(tmp_path: Path, capsys):
 
 def test_extra_seeds_can_be_limited_to_methods_and_optimizers(tmp_path: Path):
     path = write_sweep(tmp_path, grid=[{"method": "dense", "optim": ["adamw", "sgd"]},
+                                       {"method": "dense", "variant": "ablation"},
                                        {"method": "snap", "target": [0.5]}],
                        extra_seeds={"seeds": [1], "near_units_removed": [0.5], "methods": ["dense"],
-                                    "optims": ["adamw"]})
+                                    "optims": ["adamw"], "variants": False})
     runs, _ = plan_extra_seeds(load_sweep(path), tmp_path / "none")
     assert [r.name for r in runs] == ["dense-adamw-s1"]
     bad = write_sweep(tmp_path, grid=[{"method": "dense"}],

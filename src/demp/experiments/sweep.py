@@ -20,7 +20,8 @@ folder)::
     extra_seeds:                   # optional: more seeds where they matter, chosen after the grid
       seeds: [1]
       near_units_removed: [0.5, 0.8]
-      methods: [dense, demp, snap]   # optional: only these methods (and optims: [...]) get them
+      methods: [dense, demp, snap]   # optional: only these methods (and optims: [...]) get them;
+      variants: false                # optional: not the entries with a variant (default true)
 
 Grid entry keys: ``method`` (a registered method), ``optim`` (a name or list; default
 ``[adamw]``), ``knob`` (list of values of the method's knob: ``method.reg_peak`` for demp,
@@ -72,7 +73,7 @@ from demp.errors import DempError
 TOP_KEYS = ("name", "out", "base", "set", "optims", "grid", "seeds", "extra_seeds")
 ENTRY_KEYS = ("method", "optim", "knob", "reg_peak", "target", "set", "variant")
 EXTRA_KEYS = ("seeds", "near_units_removed")
-EXTRA_FILTERS = ("methods", "optims")    # optional: only these methods / optimizers get extra seeds
+EXTRA_FILTERS = ("methods", "optims", "variants")   # optional: which entries get extra seeds
 
 
 # ----------------------------------------------------------------------------- schema
@@ -108,9 +109,11 @@ class ExtraSeeds:
     near_units_removed: tuple[float, ...]
     methods: Optional[tuple[str, ...]] = None    # None: every method
     optims: Optional[tuple[str, ...]] = None     # None: every optimizer
+    variants: bool = True                        # False: entries with a variant (ablations) get none
 
-    def covers(self, method: str, optim: str) -> bool:
-        return (self.methods is None or method in self.methods) and (self.optims is None or optim in self.optims)
+    def covers(self, entry: "GridEntry", optim: str) -> bool:
+        return ((self.methods is None or entry.method in self.methods)
+                and (self.optims is None or optim in self.optims) and (self.variants or not entry.variant))
 
 
 @dataclass
@@ -253,7 +256,12 @@ def load_sweep(path: str | Path) -> Sweep:
         near = _numbers(e["near_units_removed"], path, "extra_seeds.near_units_removed")
         if not all(0 < x < 1 for x in near):
             raise _fail(path, "extra_seeds.near_units_removed", f"fractions in (0, 1) expected, got {list(near)}")
-        filters = {key: tuple(str(v) for v in _as_list(e[key])) for key in EXTRA_FILTERS if key in e}
+        filters: dict[str, Any] = {key: tuple(str(v) for v in _as_list(e[key]))
+                                   for key in ("methods", "optims") if key in e}
+        if "variants" in e:
+            if not isinstance(e["variants"], bool):
+                raise _fail(path, "extra_seeds.variants", f"true or false expected, got {e['variants']!r}")
+            filters["variants"] = e["variants"]
         for key, valid in (("methods", available_methods()), ("optims", OPTIMIZERS)):
             unknown = sorted(set(filters.get(key, ())) - set(valid))
             if unknown:
@@ -344,7 +352,7 @@ def plan_extra_seeds(sweep: Sweep, sweep_dir: Path) -> tuple[list[PlannedRun], l
     base_runs = plan_runs(sweep)
     for i, entry in enumerate(sweep.grid):
         for optim in entry.optims:
-            if not extra.covers(entry.method, optim):
+            if not extra.covers(entry, optim):
                 continue
             if entry.method == "dense":
                 chosen[(i, optim, None)] = None
