@@ -176,3 +176,20 @@ def test_noise_every_four_keeps_the_result(digits):
         results.append((pruner.history[-1].units_after, acc))
     (u1, a1), (u4, a4) = results
     assert abs(u1 - u4) <= 0.1 * u1 and a1 > 0.9 and a4 > 0.9 and abs(a1 - a4) < 0.03
+
+
+def test_round_to_keeps_widths_multiples_and_the_rest_dead_but_inert(digits):
+    """round_to=8: each site keeps a multiple of 8 units; the dead units beyond stay, still dead."""
+    xtr, _, _, _ = digits
+    model = make_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torch.no_grad():                       # plant 21 dead units in the first conv (32 -> 11 live)
+        model[1].weight[:21] = 0.0
+        model[1].bias[:21] = -1.0
+    pruner = demp.DemonPruner(model, opt, xtr[:2], total_steps=10, probe=[xtr[:256]], round_to=8)
+    before = model.eval()(xtr[:64]).detach()
+    pruner.prune()
+    assert model[0].out_channels == 16 and pruner.dead_kept == {"2": 5}
+    assert torch.allclose(model.eval()(xtr[:64]), before, atol=1e-5)
+    with pytest.raises(DempError, match="round_to must be >= 1"):
+        demp.DemonPruner(make_net(), opt, xtr[:2], total_steps=10, probe=[xtr[:256]], round_to=0)

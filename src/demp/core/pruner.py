@@ -75,6 +75,8 @@ class DemPConfig:
     shift_push: float = 1.0               # lambda x this on the shifts of silenced BatchNorm units
                                           # (0: the paper's form; core/regulariser.py)
     silenced_below: float = 0.05          # a unit is silenced below this x its layer's largest scale
+    round_to: int = 1                     # keep each site's width a multiple of this (dead units
+                                          # beyond it stay, inert): CPU kernels prefer multiples of 8/16
     seed: int = 0
     final_prune: bool = True
 
@@ -107,6 +109,7 @@ class DemPConfig:
              "give one budget: target_units or target_flops, not both"),
             (0 < self.target_by <= 1, f"target_by must be a fraction of training in (0, 1], got {self.target_by}"),
             (self.shift_push >= 0, f"shift_push must be >= 0 (0 turns it off), got {self.shift_push}"),
+            (self.round_to >= 1, f"round_to must be >= 1 (1: no rounding), got {self.round_to}"),
             (0 < self.silenced_below < 1,
              f"silenced_below must be a fraction of the layer's largest scale in (0, 1), got {self.silenced_below}"),
             (not self.budgeted or self.reg_peak > 0,
@@ -335,6 +338,19 @@ class DemonPruner:
             out[name], left = keep, left - n
         return out
 
+    def _rounded(self, dead: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The dead masks cut so that each site keeps a multiple of ``round_to`` units."""
+        r = self.config.round_to
+        if r <= 1:
+            return dead
+        out = {}
+        for name, mask in dead.items():
+            width = mask.numel()
+            keep = min(width, max(r, -(-(width - int(mask.sum())) // r) * r))
+            idx = mask.nonzero().flatten()[:width - keep]
+            out[name] = torch.zeros_like(mask).index_fill_(0, idx, True)
+        return out
+
     def prune(self) -> RemovalReport:
         """Dead check now, then remove the dead units from the model and the optimizer."""
         t0 = time.perf_counter()
@@ -345,6 +361,7 @@ class DemonPruner:
         if not self.initial:
             self.initial = {"units": units, "flops": self._flops() if self.config.target_flops else 0}
         dead = self._within_budget(scan, units) if self.budget and scan.dead_units else scan.dead
+        dead = self._rounded(dead)
         if any(bool(m.any()) for m in dead.values()):
             report = remove_units(self.model, dead, self.example_inputs, self.optimizer,
                                   min_units=self.config.min_units, pruners=self.pruners)
