@@ -4,7 +4,7 @@ For every finished run of a sweep folder: test accuracy with the trained running
 (what every report uses, `train.recalibrate_eval: false`) and with statistics re-estimated on
 `data.calib_batches` augmented training batches first (`train.recalibrate_eval: true`), plus
 per fraction of units removed the method order under each.  Prints JSON.
-Usage: python benchmarks/eval_recalibrated.py runs/sweeps/cifar10_vgg [--batches 4]
+Usage: python benchmarks/eval_recalibrated.py runs/sweeps/cifar10_vgg [--batches 4] [--threads 2]
        (DEMP_DATA must point at CIFAR-10, as for `demp train`)
 """
 from __future__ import annotations
@@ -44,8 +44,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sweep_dir")
     ap.add_argument("--batches", type=int, default=4, help="calibration batches (the CPU configs' calib_batches)")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     rows = []
     for run in sorted(p.parent for p in Path(args.sweep_dir).glob("*/summary.json")):
         if not (run / "model.pt").is_file():

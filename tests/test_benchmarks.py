@@ -1,0 +1,32 @@
+"""Benchmark helpers that decide what a figure means (timings themselves are not tested)."""
+import importlib.util
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_widths_builds_vgg_at_any_widths_and_rounds_up():
+    bench = _load("bench_widths")
+    assert bench.round_up([9, 16, 17, 1], 8) == [16, 16, 24, 8]
+    model = bench.vgg(bench.EXAMPLE)
+    convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == bench.EXAMPLE[:13]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_eval_recalibrated_ranks_runs_near_a_point():
+    bench = _load("eval_recalibrated")
+    rows = [{"run": "a", "units_removed": 0.5, "acc": 0.7, "acc_recalibrated": 0.6},
+            {"run": "b", "units_removed": 0.51, "acc": 0.65, "acc_recalibrated": 0.66},
+            {"run": "c", "units_removed": 0.8, "acc": 0.9, "acc_recalibrated": 0.9}]
+    assert bench.ranking(rows, "acc", 0.5) == ["a", "b"]
+    assert bench.ranking(rows, "acc_recalibrated", 0.5) == ["b", "a"]
