@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Run a demp sweep on a lent GPU machine (the `device` tool of this workplace) and pack the run
 # summaries and metrics into $OUT.  The machine has PyTorch but not torch-pruning and no data, so
-# both travel in the ignored folder .gpu/ (prepare it here with benchmarks/gpu/prepare.sh).
+# both travel in the ignored folder .gpu/, prepared here once (19 MB in all):
+#   echo /.gpu/ >> .git/info/exclude
+#   pip download --no-deps --only-binary=:all: -d .gpu/whl torch-pruning==1.6.1
+#   xz -T2 -6e -c "$DEMP_DATA" > .gpu/cifar10-jpeg.zip.xz        # CIFAR-10's zip: 62 MB -> 19 MB
+# and the device tool is called with carry [".gpu"].  Run here with OUT=/tmp/o and a short
+# SECONDS to check the flow on CPU (the smoke runs then train on the CPU).
 #   usage: benchmarks/gpu/sweep_on_gpu.sh SECONDS SWEEP.yaml:WORKERS [SWEEP.yaml:WORKERS ...]
 # Runs the sweeps side by side on the one card into runs/sweeps-gpu/, stops them SECONDS after the start
 # (the sweep resumes from its checkpoints if called again on the same machine), and writes
