@@ -43,7 +43,7 @@ from demp.app.rundir import METRICS_NAME, SUMMARY_NAME
 from demp.app.config import Config, config_from_dict, config_to_dict, load_config, set_dotted
 from demp.errors import DempError
 from demp.experiments.reporting import read_jsonl
-from demp.experiments.study_report import PLAN_NAME, death_checks, study_report
+from demp.experiments.study_report import PLAN_NAME, StudyRun, death_checks, study_report
 from demp.experiments.sweep import (Job, Outcome, _as_list, _check_keys, _describe, _fail, _find_file,
                                     _numbers, _overrides, run_jobs, run_state)
 
@@ -65,17 +65,6 @@ class Study:
     panels: dict[str, dict[str, Any]] = field(default_factory=lambda: {"": {}})
     series: dict[str, dict[str, Any]] = field(default_factory=lambda: {"": {}})
     seeds: tuple[int, ...] = (0,)
-
-
-@dataclass
-class StudyRun:
-    """One run of a study and what distinguishes it."""
-    name: str
-    panel: str
-    series: str
-    value: str
-    x: Optional[float]
-    seed: int
 
 
 def _number(value: Any) -> Optional[float]:

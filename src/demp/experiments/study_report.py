@@ -29,14 +29,19 @@ PLAN_NAME = "study.json"   # written by demp.experiments.study
 
 
 @dataclass
-class StudyResult:
-    """One finished study run: what it varies and its dead-unit counts over training."""
+class StudyRun:
+    """One run of a study and what distinguishes it (planned by demp.experiments.study)."""
     name: str
     panel: str
     series: str
     value: str
     x: Optional[float]
     seed: int
+
+
+@dataclass
+class StudyResult(StudyRun):
+    """One finished study run: what it varies and its dead-unit counts over training."""
     total_steps: int
     test_acc: float
     checks: list[dict] = field(default_factory=list)   # the count method's records, by step
