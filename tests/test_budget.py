@@ -119,5 +119,5 @@ def test_gives_up_at_the_deadline_rather_than_collapse():
     by_step the controller gives up, so the survivors recover."""
     c, path = simulate(cliff(1.0), target=0.5, lam0=1e-2)
     assert max(lam for _, _, lam in path) == pytest.approx(1e-2 * c.ceiling)
-    assert c.met and c.short and c.lam == 0.0
+    assert c.short and not c.met and c.done and c.at_ceiling and c.lam == 0.0
     assert all(lam == 0.0 for step, _, lam in path if step >= c.deadline * c.by_step)

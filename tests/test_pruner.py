@@ -110,9 +110,9 @@ def test_schedule_values_and_state(digits):
     pruner.step_count = int(0.3 * STEPS)
     assert math.isclose(pruner.lam, 0.02, rel_tol=1e-9)
     assert pruner.penalty().item() > 0
-    model2, _, pruner2 = make_run(xtr)
+    model2, opt2, pruner2 = make_run(xtr)
     with pytest.raises(DempError, match="settings differ.*reg_peak"):
-        other = demp.DemonPruner(model2, opt, xtr[:2], total_steps=STEPS, probe=[xtr[:8]],
+        other = demp.DemonPruner(model2, opt2, xtr[:2], total_steps=STEPS, probe=[xtr[:8]],
                                  reg_peak=0.5)
         other.load_state_dict(pruner.state_dict())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
@@ -17,12 +18,29 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from demp.app.methods.base import MethodConfig, canonical_name, method_class, setting_keys
+from demp.app.speed import AUTOCASTS, CHANNELS_LAST
 from demp.core.schedules import SCHEDULES
 from demp.errors import DempError
 
 OPTIMIZERS = ("adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
-AUTOCASTS = ("auto", "off", "bf16", "fp16")
+
+
+class YamlLoader(yaml.SafeLoader):
+    """YAML with the booleans of YAML 1.2 only (true/false): ``off``, ``on``, ``yes`` and ``no``
+    stay strings, so ``--set train.autocast=off`` means the string 'off'."""
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text with ``YamlLoader`` (config, sweep and study files, ``--set`` values)."""
+    return yaml.load(text, Loader=YamlLoader)
 
 
 @dataclass
@@ -56,8 +74,9 @@ class TrainConfig:
     recalibrate_eval: bool = False      # re-estimate BatchNorm statistics before each evaluation
     checkpoint_every: int = 0           # steps between checkpoints (0: only at epoch ends)
     log_every: int = 50                 # steps between metrics lines
-    channels_last: Optional[bool] = None  # None: on for CUDA and AVX-512 CPUs (1.3x per VGG step, bench_cpu_formats)
-    autocast: str = "auto"              # auto (CUDA: bf16/fp16; CPU: off) | off | bf16 (CPU: 1.4x, 1.7x with channels-last) | fp16
+    channels_last: str = "auto"         # auto | on | off; auto: on for CUDA, measured on CPU (app/speed.py)
+    autocast: str = "auto"              # auto | off | bf16 | fp16; auto: bf16/fp16 on CUDA, on CPU bf16
+                                        # only if native and measured faster (app/speed.py)
     compile: bool = False               # torch.compile the training forward (recompiled from scratch after each removal)
 
 
@@ -129,6 +148,7 @@ def _check_names(cfg: Config) -> None:
     choices = [("optim.name", cfg.optim.name, OPTIMIZERS),
                ("optim.schedule", cfg.optim.schedule, SCHEDULES),
                ("train.autocast", cfg.train.autocast, AUTOCASTS),
+               ("train.channels_last", cfg.train.channels_last, CHANNELS_LAST),
                ("device", cfg.device, DEVICES)]
     for key, value, valid in choices:
         if value not in valid:
@@ -192,6 +212,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
+        word = str(value).strip().lower()
+        if word in _WORDS:
+            return _WORDS[word]
         raise DempError(f"{key} must be true or false, got {value!r}")
     if hint in (int, float):
         number = _number(value, key)
@@ -201,6 +224,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return int(number)
         return float(number)
     if hint is str:
+        if isinstance(value, bool):  # on/off settings written as true/false
+            return "on" if value else "off"
         if isinstance(value, str):
             return value
         raise DempError(f"{key} must be a string, got {value!r}")
@@ -213,6 +238,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise DempError(f"{key} must be a mapping (key: value), got {value!r}")
         return dict(value)
     return value
+
+
+_WORDS = {"true": True, "false": False, "on": True, "off": False, "yes": True, "no": False}
+"""Words a boolean setting accepts (YAML 1.2 reads only true/false as booleans)."""
 
 
 def _number(value: Any, key: str) -> float | int:
@@ -303,7 +332,7 @@ def _read_file(path: str) -> dict:
         raise DempError(f"config file {path} not found")
     text = p.read_text()
     try:
-        raw = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        raw = json.loads(text) if p.suffix == ".json" else yaml_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise DempError(f"cannot parse config file {path}: {e}") from None
     return raw or {}
@@ -337,7 +366,7 @@ def apply_override(raw: dict, override: str) -> None:
     if not sep or not key:
         raise DempError(f"--set expects key=value (e.g. train.epochs=1), got '{override}'")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = yaml_load(text) if text.strip() else None
     except yaml.YAMLError as e:
         raise DempError(f"--set {key}: cannot parse value '{text}': {e}") from None
     set_dotted(raw, key, value, f"--set {key}")

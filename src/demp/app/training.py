@@ -14,7 +14,6 @@ import math
 import random
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,6 +32,7 @@ from demp.app.export import architecture, build_pruned, save_pruned
 from demp.app.measure import Arch, evaluate, live_units, run_summary
 from demp.app.methods import Method, MethodContext, create_method
 from demp.app.models import create_model
+from demp.app.speed import Speed
 from demp.app.rundir import (CHECKPOINT_NAME, METRICS_NAME, MODEL_NAME, SUMMARY_NAME, MetricsLog,
                              check_run_dir, check_tensorboard, default_run_dir, start_run_dir)
 from demp.core.schedules import make_schedule
@@ -56,40 +56,6 @@ def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise DempError("device 'cuda' was asked for but torch sees no GPU; use device=cpu or auto")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-@dataclass
-class Speed:
-    """Memory format and mixed precision of the training steps (dead checks stay float32)."""
-    channels_last: bool
-    dtype: Optional[torch.dtype]        # autocast dtype, None: off
-    device_type: str
-
-    @staticmethod
-    def choose(cfg: Config, device: torch.device) -> "Speed":
-        cuda = device.type == "cuda"
-        fast_cpu = torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX")
-        channels_last = (cuda or fast_cpu) if cfg.train.channels_last is None else cfg.train.channels_last
-        kind = cfg.train.autocast
-        if kind == "auto":
-            kind = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "off"
-        if kind == "fp16" and not cuda:
-            raise DempError("train.autocast 'fp16' needs a GPU; on CPU use 'bf16' or 'off'")
-        dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[kind]
-        return Speed(channels_last, dtype, device.type)
-
-    def autocast(self) -> Any:
-        return torch.autocast(self.device_type, dtype=self.dtype) if self.dtype else nullcontext()
-
-    def scaler(self) -> torch.amp.GradScaler:
-        return torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
-
-    def model(self, model: nn.Module) -> nn.Module:
-        """channels_last for 4-D weights (again after each removal); parameters keep their identity."""
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
-
-    def batch(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
 
 # ----------------------------------------------------------------------------- model and optimizer
@@ -166,6 +132,7 @@ class Progress:
     window_batches: int = 0
     metrics_offset: int = 0
     initial: dict = field(default_factory=dict)   # Arch of the network before any removal
+    speed: dict = field(default_factory=dict)     # the training format chosen at the start (app/speed.py)
 
     def count_step(self, loss: float, flops: int) -> None:
         """Account for one optimizer step."""
@@ -190,7 +157,6 @@ class Run:
         self.device = world.device(pick_device(cfg.device))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.speed = Speed.choose(cfg, self.device)
         self.data = load_run_data(cfg, self.device)
         self.data.train.shard = (world.rank, world.size)
         self.steps_per_epoch = len(self.data.train)
@@ -198,7 +164,8 @@ class Run:
         self.example = self.data.probe[0][:2]
         self._build(ckpt)
         self.arch = Arch.measure(self.model, self.example)
-        self.state = Progress(initial=asdict(self.arch)) if ckpt is None else Progress(**ckpt["progress"])
+        self.state = (Progress(initial=asdict(self.arch), speed=self.speed.record()) if ckpt is None
+                      else Progress(**ckpt["progress"]))
         if ckpt is not None:
             set_rng_state(ckpt["rng"])
         if world.main:
@@ -216,7 +183,10 @@ class Run:
         """
         cfg = self.cfg
         model = build_pruned(ckpt["architecture"], ckpt["model"]) if ckpt else build_model(cfg, self.data)
-        self.model = self.speed.model(model.to(self.device))
+        model = model.to(self.device)
+        saved = ckpt["progress"].get("speed") if ckpt else None
+        self.speed = Speed.from_record(saved) if saved else self._choose_speed(model)
+        self.model = self.speed.model(model)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(cfg, self.total_steps, self.steps_per_epoch))
@@ -234,6 +204,13 @@ class Run:
             self.method.load_state_dict(ckpt["method"])
             self.data.train.load_state_dict(ckpt["loader"])
         self.forward = training_forward(self.model, self.world, cfg.train.compile)
+
+    def _choose_speed(self, model: nn.Module) -> Speed:
+        """The training format: configured, or measured on one augmented training batch."""
+        t = self.cfg.train
+        with torch.random.fork_rng(devices=[]):
+            x, y = self.data.score_batches(1)[0]
+        return Speed.choose(t.channels_last, t.autocast, self.device, model, (x, y), self.total_steps)
 
     # ---- bookkeeping (not training time)
     def on_removal(self, report: Optional[RemovalReport]) -> None:
@@ -271,7 +248,7 @@ class Run:
         """Test accuracy and loss, and live units on the probe, into ``record``."""
         t = time.perf_counter()
         calibration = self.data.score_batches(self.cfg.data.calib_batches) if self.cfg.train.recalibrate_eval else None
-        acc, loss = evaluate(self.model, self.data.test, self.speed.autocast, calibration)
+        acc, loss = evaluate(self.model, self.data.test, self.speed.autocast_context, calibration)
         self.state.best_acc = max(acc, self.state.best_acc or 0.0)
         record.update(test_acc=acc, test_loss=loss, live_units=live_units(self.model, self.data.probe))
         self.state.eval_s += time.perf_counter() - t
@@ -292,7 +269,7 @@ class Run:
         for batch_index, (x, y) in enumerate(self.data.train, start=self.data.train.state_dict()["position"]):
             lr = self.optimizer.param_groups[0]["lr"]
             loss, report = train_step(self.forward, self.speed.batch(x), y, self.criterion, self.optimizer,
-                                      self.scaler, self.method, self.speed.autocast, s.step)
+                                      self.scaler, self.method, self.speed.autocast_context, s.step)
             self.scheduler.step()
             s.count_step(loss, len(x) * self.world.size * self.arch.train_flops)
             s.wall_s += time.perf_counter() - clock
@@ -340,15 +317,31 @@ class Run:
         c = self.cfg
         about = {"steps": self.total_steps, "epochs": c.train.epochs,
                  "method": c.method.name + (f"[{c.label}]" if c.label else ""),
-                 "knob": self.method.knob_value(), "target": getattr(c.method.settings, "target", None)
-                 or getattr(c.method.settings, "target_units", None), "optimizer": c.optim.name, "lr": c.optim.lr,
+                 "knob": self.method.knob_value(), "knob_name": self._knob_name(), **self._budget_summary(a),
+                 "optimizer": c.optim.name, "lr": c.optim.lr,
                  "seed": c.seed, "model": c.model.name, "width": c.model.width, "dataset": c.data.name,
                  "batch_size": c.train.batch_size, "world_size": self.world.size,
-                 "global_batch": c.train.batch_size, "run_dir": str(self.run_dir)}
+                 "global_batch": c.train.batch_size, "speed": self.speed.record(), "run_dir": str(self.run_dir)}
         summary = self.world.same(run_summary(s.initial, a, final, asdict(s), about))   # rank 0's, written
         if self.world.main:
             atomic_write_json(self.run_dir / SUMMARY_NAME, summary)
         return summary
+
+    def _knob_name(self) -> Optional[str]:
+        """The setting ``knob`` holds (a sweep varies it): reg_peak, target_units, target..."""
+        c = self.method.config
+        if self.method.knob is None:
+            return None
+        return next((n for n in ("target_units", "target_flops") if getattr(c, n, None) is not None), self.method.knob)
+
+    def _budget_summary(self, arch: Arch) -> dict[str, Any]:
+        """target (fraction removed), its measure, what was reached, and whether it was met."""
+        budget = self.method.budget()
+        if budget is None:
+            return {"target": None}
+        measure = budget["measure"]
+        reached = 1 - getattr(arch, measure) / self.state.initial[measure]
+        return {**budget, "reached": reached}
 
     def close(self) -> None:
         self.bar.close()

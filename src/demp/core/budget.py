@@ -23,8 +23,10 @@ forward FLOPs to keep) and a time ``by_step`` to reach it.  The rule, applied at
   so deaths slow while the plan catches up without losing the pressure that later deaths
   need; lambda never falls below ``floor`` times its start;
 - at ``deadline`` times ``by_step`` without meeting the budget, the controller gives up
-  (``short`` is set): lambda and noise go to zero so the survivors recover, and the run ends
-  short of its budget rather than collapsed;
+  (``short`` is set, ``met`` is not): lambda and noise go to zero so the survivors recover,
+  and the run ends short of its budget rather than collapsed;
+- the budget is met once the achieved fraction is within ``tolerance`` of the target (a FLOPs
+  budget cannot land exactly: the allowance cuts the last removal short);
 - once the budget is met lambda (and noise) go to zero for good, so the survivors recover, and
   the pruner removes no more than the budget allows (dead units beyond it stay, inert) and
   runs no more dead checks.
@@ -51,8 +53,20 @@ class BudgetController:
     deadline: float = 2.0
     start_lam: float = 0.0
     met: bool = False
-    short: bool = False      # gave up at the deadline, below the budget
+    short: bool = False      # gave up at the deadline, below the budget (met stays False)
     hold_until: int = 0      # lambda is left alone before this step (the schedule's peak)
+    tolerance: float = 0.0   # met within this much of the target (a fraction of the measure)
+    highest: float = 0.0     # the largest lambda reached
+
+    @property
+    def done(self) -> bool:
+        """Met or given up: lambda stays at zero."""
+        return self.met or self.short
+
+    @property
+    def at_ceiling(self) -> bool:
+        """Whether lambda reached its ceiling at some point (more strength was not allowed)."""
+        return self.highest >= self.start_lam * self.ceiling * (1 - 1e-9)
 
     def __post_init__(self) -> None:
         if not 0 < self.target < 1:
@@ -61,7 +75,10 @@ class BudgetController:
             raise DempError(f"the budget's by_step must be >= 1, got {self.by_step}")
         if self.lam <= 0:
             raise DempError(f"a budget needs a starting lambda > 0 (reg_peak), got {self.lam}")
+        if not 0 <= self.tolerance < self.target:
+            raise DempError(f"the budget's tolerance must be in [0, target), got {self.tolerance}")
         self.start_lam = self.start_lam or self.lam
+        self.highest = max(self.highest, self.lam)
 
     def planned(self, step: int) -> float:
         """Fraction the plan wants removed by ``step``."""
@@ -69,11 +86,13 @@ class BudgetController:
 
     def update(self, step: int, achieved: float) -> float:
         """New lambda after a check at ``step`` that found ``achieved`` of the measure removed."""
-        if self.met or achieved >= self.target - 1e-9:
+        if self.done:
+            return self.lam
+        if achieved >= self.target - self.tolerance - 1e-9:
             self.met, self.lam = True, 0.0
             return self.lam
         if step >= self.deadline * self.by_step:
-            self.met, self.short, self.lam = True, True, 0.0
+            self.short, self.lam = True, 0.0
             return self.lam
         if step < self.hold_until:
             return self.lam
@@ -81,6 +100,7 @@ class BudgetController:
         factor = math.exp(self.gain * gap / self.target)
         factor = min(self.max_up, max(1 / self.max_down, factor))
         self.lam = min(self.start_lam * self.ceiling, max(self.start_lam * self.floor, self.lam * factor))
+        self.highest = max(self.highest, self.lam)
         return self.lam
 
     def allowance(self, achieved: float) -> float:

@@ -70,3 +70,12 @@ def agree_dead(dead: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     dist.all_reduce(flat, op=dist.ReduceOp.MIN)
     agreed = flat.cpu().bool().split([m.numel() for m in dead.values()])
     return {name: a.view_as(m) for (name, m), a in zip(dead.items(), agreed)}
+
+
+def agree_any(flag: bool) -> bool:
+    """True on every rank when it is true on any rank (all-reduce MAX): one decision for all."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int64, device=_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

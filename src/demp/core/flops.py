@@ -8,11 +8,13 @@ normalisation, activations, pooling and other elementwise work add nothing, so a
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from demp.core.detection import call_model
 from demp.core.utils import eval_mode, kept_buffers, kept_modes
 
 
@@ -23,11 +25,25 @@ def _counted(run: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def _one_example(example: Any) -> Any:
+    """A tensor input cut to one example; a tuple or dict of inputs is counted as given."""
+    return example[:1] if isinstance(example, torch.Tensor) else example
 
-def forward_flops(model: nn.Module, example: torch.Tensor) -> int:
-    """Inference FLOPs for one example (``example[:1]``), in eval mode without autograd."""
+
+def forward_flops(model: nn.Module, example: Any) -> int:
+    """Inference FLOPs in eval mode without autograd: per example for a tensor input
+    (``example[:1]``), per call for a tuple of positional or a dict of keyword inputs."""
     with eval_mode(model), torch.no_grad():
-        return _counted(lambda: model(example[:1]))
+        return _counted(lambda: call_model(model, _one_example(example)))
+
+
+def module_flops(model: nn.Module, example: Any) -> dict[nn.Module, int]:
+    """Inference FLOPs of each submodule (its calls summed), counted as ``forward_flops`` counts."""
+    with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        call_model(model, _one_example(example))
+    by_name = {f"{type(model).__name__}.{name}": m for name, m in model.named_modules() if name}
+    return {by_name[name]: sum(ops.values()) for name, ops in counter.get_flop_counts().items()
+            if name in by_name}
 
 
 def train_step_flops(model: nn.Module, example: torch.Tensor) -> int:

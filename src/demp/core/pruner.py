@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterable, Optional
 
@@ -36,8 +37,9 @@ import torch.nn as nn
 from demp.core import regulariser
 from demp.core.batchnorm import recalibrated
 from demp.core.budget import BudgetController
-from demp.core.detection import UnitScan, list_sites, scan_units
-from demp.core.distributed import agree_dead, check_same_widths
+from demp.core.costs import COST_MEASURES, SiteCost, site_costs, unit_weights
+from demp.core.detection import UnitScan, check_inputs, list_sites, scan_units
+from demp.core.distributed import agree_any, agree_dead, check_same_widths
 from demp.core.flops import forward_flops
 from demp.core.noise import NOISE_MODES, NoiseInjector
 from demp.core.schedules import SCHEDULES, Schedule, make_schedule
@@ -70,8 +72,13 @@ class DemPConfig:
     recalibrate: bool = True              # re-estimate BatchNorm statistics before each check
     calib_batches: Optional[int] = None   # at most this many calibration batches (None: all)
     target_units: Optional[float] = None  # budget: fraction of units to remove
-    target_flops: Optional[float] = None  # budget: fraction of forward FLOPs to keep
+    target_flops: Optional[float] = None  # budget: fraction of forward FLOPs to remove
     target_by: float = 0.3                # fraction of training by which to meet the budget
+    budget_tolerance: float = 0.01        # a budget this close (fraction of its measure) counts as met
+    penalty_weights: str = "uniform"      # each unit's L1 term x its cost: uniform | flops | params
+    cost_power: float = 1.0               # weight = cost ** cost_power (0: uniform, 1: full cost)
+    check_share: Optional[float] = None   # dead checks may take at most this share of the elapsed
+                                          # time (later ones wait); None: every prune_every steps
     shift_push: float = 1.0               # lambda x this on the shifts of silenced BatchNorm units
                                           # (0: the paper's form; core/regulariser.py)
     silenced_below: float = 0.05          # a unit is silenced below this x its layer's largest scale
@@ -104,7 +111,16 @@ class DemPConfig:
              f"unknown noise_mode '{self.noise_mode}'; choose one of {', '.join(NOISE_MODES)}"),
             (fraction(self.target_units), f"target_units must be a fraction of units in (0, 1), got {self.target_units}"),
             (fraction(self.target_flops),
-             f"target_flops must be the fraction of forward FLOPs to keep, in (0, 1), got {self.target_flops}"),
+             f"target_flops must be the fraction of forward FLOPs to remove, in (0, 1), got {self.target_flops}"),
+            (0 <= self.budget_tolerance < 0.5,
+             f"budget_tolerance must be a fraction in [0, 0.5), got {self.budget_tolerance}"),
+            (self.penalty_weights in COST_MEASURES,
+             f"unknown penalty_weights '{self.penalty_weights}'; choose one of {', '.join(COST_MEASURES)}"),
+            (self.penalty_weights == "uniform" or self.reg_target == "norm_scales",
+             "penalty_weights other than 'uniform' weight the norm scales: use reg_target 'norm_scales'"),
+            (self.cost_power >= 0, f"cost_power must be >= 0 (0: uniform), got {self.cost_power}"),
+            (self.check_share is None or 0 < self.check_share < 1,
+             f"check_share must be a fraction of the elapsed time in (0, 1), or null, got {self.check_share}"),
             (self.target_units is None or self.target_flops is None,
              "give one budget: target_units or target_flops, not both"),
             (0 < self.target_by <= 1, f"target_by must be a fraction of training in (0, 1], got {self.target_by}"),
@@ -144,9 +160,11 @@ class RemovalEvent:
 class DemonPruner:
     """Regulariser, noise and periodic removal of dead units for one model and optimizer.
 
-    ``probe``: re-iterable batches of un-augmented training inputs for the dead checks.
-    ``calibration``: re-iterable batches of training-like (augmented) inputs for the
-    BatchNorm re-estimation; default: the probe.  ``pruners``: extra torch-pruning pruners
+    ``probe``: re-iterable batches of un-augmented training inputs for the dead checks: input
+    tensors, or ``(input, target)`` pairs whose first item is the input.  ``calibration``:
+    re-iterable batches of training-like (augmented) inputs for the BatchNorm re-estimation;
+    default: the probe.  ``example_inputs``: what ``model`` is called with (a tensor, a tuple
+    of positional inputs or a dict of keyword inputs).  ``pruners``: extra torch-pruning pruners
     for layer types the dependency graph cannot see into (passed to ``remove_units``).
     Settings are ``DemPConfig``'s fields, given as keywords or as ``config``.
     """
@@ -166,9 +184,11 @@ class DemonPruner:
             if data is not None and iter(data) is data:
                 raise DempError(f"{what} must be re-iterable (a list of batches or a DataLoader), "
                                 "not a one-shot iterator: it is read at every dead check")
+        check_inputs(example_inputs, "example_inputs")
         c = self.config
         self._callbacks: list[Callable[[RemovalReport], None]] = []
         model = self._unwrap(model)
+        _check_optimizer_owns(optimizer, model)
         self.model, self.optimizer = model, optimizer
         self.example_inputs, self.probe, self.total_steps = example_inputs, probe, total_steps
         self.calibration = calibration if calibration is not None else probe
@@ -180,17 +200,23 @@ class DemonPruner:
         # with a budget lambda rises as the schedule does and then holds its peak, so that the
         # controller's factor alone decides how hard it pushes until the budget is met
         self._peak_step = max(range(0, span + 1, max(1, span // 1000)), key=self.reg_schedule)
-        self.budget = (BudgetController(c.target_units or 1 - c.target_flops, by, 1.0,
-                                        hold_until=min(self._peak_step, by - 1),
-                                        deadline=BUDGET_SPAN) if c.budgeted else None)
+        self.budget = (BudgetController(c.target_units or c.target_flops, by, 1.0,
+                                        hold_until=min(self._peak_step, by - 1), deadline=BUDGET_SPAN,
+                                        tolerance=c.budget_tolerance) if c.budgeted else None)
         self.noise = NoiseInjector(c.noise_mode, c.seed, model_device(model))
         self.step_count = 0
         self.history: list[RemovalEvent] = []
         self._penalty_scale = 0.0          # lambda used by penalty() since the last step()
+        self._warned: set[str] = set()
+        self._clock: Optional[float] = None   # time of the first step() (check spacing)
+        self._check_spent = 0.0            # seconds spent in dead checks and removals
+        self._last_check_s = 0.0
         self._refresh_params()
-        self.widths: dict[str, int] = {}
+        self.widths: dict[str, int] = {n: sc.width for n, sc in self.costs.items()}
         self.dead_kept: dict[str, int] = {}
-        self.initial: dict[str, int] = {}  # units and forward FLOPs before any removal
+        self.initial: dict[str, int] = {"units": sum(self.widths.values()),
+                                        "flops": self._flops() if c.target_flops else 0}
+        self._warn_few_checks(by)
 
     def _unwrap(self, model: nn.Module) -> nn.Module:
         """The module to prune: a compiled model's ``_orig_mod`` (Dynamo reset after each removal)."""
@@ -213,6 +239,21 @@ class DemonPruner:
         """
         self._callbacks.append(callback)
 
+    def _warn(self, key: str, message: str) -> None:
+        """Warn once per key."""
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
+
+    def _warn_few_checks(self, by: int) -> None:
+        c = self.config
+        checks = (by if c.budgeted else self.total_steps) // c.prune_every + 1
+        if checks < 3:
+            where = "before target_by" if c.budgeted else "in the run"
+            self._warn("few_checks", f"only {checks} dead check(s) fit {where} ({self.total_steps} steps, "
+                       f"prune_every={c.prune_every}): units that die later are never removed; lower "
+                       "prune_every")
+
     # ------------------------------------------------------------------ per step
     @property
     def lam(self) -> float:
@@ -223,20 +264,24 @@ class DemonPruner:
 
     @property
     def sigma(self) -> float:
-        """Noise standard deviation sigma_t at the current step (zero once a budget is met)."""
-        return 0.0 if self.budget_met else self.noise_schedule(self.step_count)
+        """Noise standard deviation sigma_t at the current step (zero once a budget is settled)."""
+        return 0.0 if self.budget_done else self.noise_schedule(self.step_count)
+
+    def _coeffs(self, lam: float, weights: torch.Tensor) -> torch.Tensor:
+        """lambda x each parameter's unit weight, one float32 rounding (so gradients are exact)."""
+        return (weights.double() * lam).to(torch.float32)
 
     def penalty(self) -> torch.Tensor:
-        """lambda_t * sum(form(p)) over the regularised parameters; add it to the task loss."""
+        """lambda_t * sum(w * form(p)) over the regularised parameters; add it to the task loss."""
         lam = self.lam
         self._penalty_scale = lam
         if lam == 0 or not self._reg_params:
             return torch.zeros((), device=model_device(self.model))
-        total = regulariser.penalty(self._reg_params, self.config.reg_form)
+        total = regulariser.penalty(self._reg_params, self.config.reg_form, self._coeffs(lam, self._reg_weights))
         if self.config.shift_push and self._shift_pairs:
-            push = regulariser.shift_push(self._shift_pairs, self.config.silenced_below)
-            total = total + self.config.shift_push * push
-        return lam * total
+            coeffs = self._coeffs(lam * self.config.shift_push, self._shift_weights)
+            total = total + regulariser.shift_push(self._shift_pairs, self.config.silenced_below, coeffs)
+        return total
 
     @torch.no_grad()
     def add_penalty_grad(self, grad_scale: float = 1.0) -> None:
@@ -257,11 +302,12 @@ class DemonPruner:
     def _penalty_grads(self, scale: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The parameters the penalty reaches and its gradient on each, for lambda = ``scale``."""
         params = list(self._reg_params)
-        grads = list(regulariser.penalty_grad(params, self.config.reg_form, scale))
+        grads = list(regulariser.penalty_grad(params, self.config.reg_form,
+                                              self._coeffs(scale, self._reg_weights)))
         if self.config.shift_push and self._shift_pairs:
             params += [shift for _, shift in self._shift_pairs]
             grads += regulariser.shift_push_grad(self._shift_pairs, self.config.silenced_below,
-                                                 self.config.shift_push * scale)
+                                                 self._coeffs(scale * self.config.shift_push, self._shift_weights))
         return params, grads
 
     def step(self, loss: Optional[torch.Tensor] = None) -> Optional[RemovalReport]:
@@ -273,6 +319,8 @@ class DemonPruner:
         if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
             raise DempError(f"loss is {loss.item()} at step {self.step_count}: training diverged; "
                             "lower the learning rate or reg_peak (nothing was changed)")
+        if self._clock is None:
+            self._clock = time.perf_counter()
         k = self.config.noise_every
         sigma = self.sigma
         if sigma > 0 and self.step_count % k == 0:
@@ -282,19 +330,60 @@ class DemonPruner:
             self.noise.apply(self._noise_params, sigma * math.sqrt(k), pen)
         self._penalty_scale = 0.0
         report = None
-        if self.step_count % self.config.prune_every == 0 and not self.budget_met:
+        if self.step_count % self.config.prune_every == 0 and not self.budget_done and self._check_affordable():
             report = self.prune()
         self.step_count += 1
         return report
 
+    def _check_affordable(self) -> bool:
+        """Whether a check now keeps checks within ``check_share`` of the elapsed time (the same
+        answer on every rank: any rank's yes)."""
+        share = self.config.check_share
+        if share is None:
+            return True
+        elapsed = time.perf_counter() - (self._clock or time.perf_counter())
+        return agree_any(self._check_spent + self._last_check_s <= share * elapsed)
+
     def finish(self) -> Optional[RemovalReport]:
-        """Final dead check and removal, so the reported accuracy is the pruned network's."""
-        return self.prune() if self.config.final_prune and not self.budget_met else None
+        """Final dead check and removal, so the reported accuracy is the pruned network's.
+
+        A budget that is not met by now is reported with a warning.
+        """
+        report = self.prune() if self.config.final_prune and not self.budget_done else None
+        if self.budget and not self.budget.met:
+            self._warn_short("the run ended")
+        return report
 
     @property
     def budget_met(self) -> bool:
-        """A met budget allows no more removal, so dead checks stop (they would cost time only)."""
+        """True once the budget is met (within ``budget_tolerance``)."""
         return bool(self.budget and self.budget.met)
+
+    @property
+    def budget_gave_up(self) -> bool:
+        """True when the controller gave up at its deadline, short of the budget."""
+        return bool(self.budget and self.budget.short)
+
+    @property
+    def budget_done(self) -> bool:
+        """Met or given up: no more removal, checks, penalty or noise."""
+        return self.budget_met or self.budget_gave_up
+
+    @property
+    def budget_reached(self) -> Optional[float]:
+        """Fraction of the budget's measure (units or forward FLOPs) removed so far (None: no budget)."""
+        if not self.budget:
+            return None
+        return self._achieved(sum(self.widths.values()))
+
+    def _warn_short(self, when: str) -> None:
+        b, c = self.budget, self.config
+        measure = "units" if c.target_units is not None else "forward FLOPs"
+        cause = (f"lambda reached its ceiling ({b.ceiling:g}x reg_peak): start from a larger reg_peak"
+                 if b.at_ceiling else f"too few dead checks or too little time (prune_every={c.prune_every}, "
+                      f"target_by={c.target_by}): lower prune_every or raise target_by")
+        self._warn("short", f"DemP budget not met ({when}): {100 * self.budget_reached:.1f}% of {measure} "
+                   f"removed against a target of {100 * b.target:.1f}%; likely cause: {cause}")
 
     # ------------------------------------------------------------------ removal
     def _take(self, batches: Iterable[Any], limit: Optional[int]) -> Iterable[Any]:
@@ -309,8 +398,7 @@ class DemonPruner:
             return scan_units(self.model, probe, self.config.quasi_eps)
 
     def _flops(self) -> int:
-        x = self.example_inputs
-        return forward_flops(self.model, x) if isinstance(x, torch.Tensor) else 0
+        return forward_flops(self.model, self.example_inputs)
 
     def _achieved(self, units: int) -> float:
         """Fraction of the budget's measure removed so far."""
@@ -319,23 +407,32 @@ class DemonPruner:
         return 1 - self._flops() / max(1, self.initial["flops"])
 
     def _within_budget(self, scan: UnitScan, units: int) -> dict[str, torch.Tensor]:
-        """The dead masks, cut so that removal does not pass the budget (spread over sites)."""
+        """The dead masks, cut so that removal does not pass the budget.
+
+        Each dead unit costs what removing it saves (one unit, or its forward FLOPs at the current
+        widths); every site gives up the same share of its dead units, then the room left is
+        filled from the costliest sites down.
+        """
         room = self.budget.allowance(self._achieved(units))
-        if self.config.target_units is not None:
-            allowed = int(math.floor(room * self.initial["units"] + 1e-9))
-        else:  # FLOPs: assume each dead unit carries an average share of the current FLOPs
-            per_unit = self._flops() / max(1, units) / max(1, self.initial["flops"])
-            allowed = int(room / max(per_unit * 2, 1e-12))
-        if allowed >= scan.dead_units:
+        by_flops = self.config.target_units is None
+        room *= self.initial["flops"] if by_flops else self.initial["units"]
+        cost = {n: (self.costs[n].flops if by_flops and n in self.costs else 1.0) for n in scan.dead}
+        dead = {n: int(m.sum()) for n, m in scan.dead.items()}
+        total = sum(dead[n] * cost[n] for n in dead)
+        if total <= room + 1e-9:
             return scan.dead
-        share = allowed / scan.dead_units
-        out, left = {}, allowed
+        share = room / total
+        take = {n: math.floor(dead[n] * share) for n in dead}
+        left = room - sum(take[n] * cost[n] for n in dead)
+        for n in sorted(dead, key=lambda n: -cost[n]):
+            extra = min(dead[n] - take[n], math.floor((left + 1e-9) / cost[n]) if cost[n] > 0 else dead[n])
+            take[n] += extra
+            left -= extra * cost[n]
+        out = {}
         for name, mask in scan.dead.items():
-            idx = mask.nonzero().flatten()
-            n = min(left, math.floor(len(idx) * share + 0.5))
             keep = torch.zeros_like(mask)
-            keep[idx[:n]] = True
-            out[name], left = keep, left - n
+            keep[mask.nonzero().flatten()[:take[name]]] = True
+            out[name] = keep
         return out
 
     def _rounded(self, dead: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -358,15 +455,14 @@ class DemonPruner:
         scan.dead = agree_dead(scan.dead)
         t1 = time.perf_counter()
         units, params = scan.units, count_params(self.model)
-        if not self.initial:
-            self.initial = {"units": units, "flops": self._flops() if self.config.target_flops else 0}
         dead = self._within_budget(scan, units) if self.budget and scan.dead_units else scan.dead
         dead = self._rounded(dead)
         if any(bool(m.any()) for m in dead.values()):
             report = remove_units(self.model, dead, self.example_inputs, self.optimizer,
                                   min_units=self.config.min_units, pruners=self.pruners)
-            self._refresh_params()
             check_same_widths({n: r.width_after for n, r in report.sites.items()}, "after a removal")
+            if report.units_removed:
+                self._refresh_params()
         else:
             report = RemovalReport(units, 0, params, params, {})
         self.widths = {s.name: s.width for s in scan.sites}
@@ -377,6 +473,10 @@ class DemonPruner:
         self.dead_kept = {n: k for n, k in self.dead_kept.items() if k}
         if self.budget:
             self.budget.update(self.step_count, self._achieved(units - report.units_removed))
+            if self.budget.short:
+                self._warn_short(f"the controller gave up at step {self.step_count}")
+        self._last_check_s = time.perf_counter() - t0
+        self._check_spent += self._last_check_s
         self.history.append(RemovalEvent(
             step=self.step_count, dead_found=scan.dead_units, units_before=units,
             units_after=units - report.units_removed, params_before=params,
@@ -398,10 +498,36 @@ class DemonPruner:
         return {"lam": self.lam, "sigma": self.sigma}
 
     def _refresh_params(self) -> None:
-        """Re-read parameter lists (surgery replaces the parameters it shrinks)."""
-        self._reg_params = regulariser.regularised_params(self.model, self.config.reg_target)
+        """Re-read the costs, the penalised parameters and their weights (surgery replaces the
+        parameters it shrinks, and the costs change with the widths)."""
+        c = self.config
+        self.costs: dict[str, SiteCost] = site_costs(self.model, self.example_inputs, self.pruners)
         self._noise_params = [p for p in self.model.parameters() if p.requires_grad]
-        self._shift_pairs = regulariser.shift_pairs(self.model)
+        weights = unit_weights(self.costs, c.penalty_weights, c.cost_power)
+        gate: dict[nn.Module, float] = {}
+        for name, sc in self.costs.items():
+            for norm in sc.norms:
+                gate[norm] = max(gate.get(norm, 0.0), weights.get(name, 1.0))
+        if c.reg_target == "norm_scales":
+            scales = {id(m.weight): (m.weight, w) for m, w in gate.items()
+                      if isinstance(m.weight, nn.Parameter) and m.weight.requires_grad}
+            self._reg_params = [p for p, _ in scales.values()]
+            self._reg_weights = torch.tensor([w for _, w in scales.values()], dtype=torch.float64)
+            idle = [n for n, m in self.model.named_modules() if isinstance(m, regulariser.NORM_TYPES)
+                    and m not in gate and isinstance(m.weight, nn.Parameter)]
+            if idle:
+                self._warn("idle_norms", f"{len(idle)} norm layer(s) gate no ReLU unit ({', '.join(idle[:3])}"
+                           f"{' ...' if len(idle) > 3 else ''}): their scales are not penalised")
+        else:
+            self._reg_params = regulariser.regularised_params(self.model, c.reg_target)
+            self._reg_weights = torch.ones(len(self._reg_params), dtype=torch.float64)
+        allowed = {id(g) for g, _ in regulariser.shift_pairs(self.model)}
+        kept = {id(m.weight): (m.weight, m.bias, w) for m, w in gate.items() if id(m.weight) in allowed}
+        self._shift_pairs = [(g, b) for g, b, _ in kept.values()]
+        self._shift_weights = torch.tensor([w for _, _, w in kept.values()], dtype=torch.float64)
+        device = model_device(self.model)
+        self._reg_weights = self._reg_weights.to(device)
+        self._shift_weights = self._shift_weights.to(device)
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
@@ -431,11 +557,20 @@ class DemonPruner:
         self.step_count = int(state["step"])
         self.noise.load_state_dict(state["noise"])
         self.history = [RemovalEvent(**e) for e in state["history"]]
-        self.widths = widths
+        self.widths = widths or self.widths
         self.dead_kept = dict(state.get("dead_kept", {}))
-        self.initial = dict(state.get("initial", {}))
+        self.initial = dict(state.get("initial", {})) or self.initial
         if self.budget and state.get("budget"):
             self.budget.load_state_dict(state["budget"])
+
+
+def _check_optimizer_owns(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Refuse an optimizer that holds none of the model's parameters (built for another model)."""
+    own = {id(p) for p in model.parameters()}
+    if own and not any(id(p) in own for g in optimizer.param_groups for p in g["params"]):
+        raise DempError("the optimizer holds none of the model's parameters: build it from this "
+                        "model's parameters (torch.optim.AdamW(model.parameters(), ...)) before "
+                        "the pruner")
 
 
 def _reset_dynamo(report: RemovalReport) -> None:

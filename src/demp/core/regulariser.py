@@ -7,6 +7,8 @@ penalty's share from ``p.grad`` and see which entries got gradient from the task
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
@@ -52,8 +54,14 @@ def regularised_params(model: nn.Module, target: str) -> list[nn.Parameter]:
     return _unique_trainable([p for p in model.parameters() if p.dim() > 1 or id(p) in scale_ids])
 
 
-def penalty(params: list[torch.Tensor], form: str) -> torch.Tensor:
-    """Sum of the elementwise penalty over every entry of ``params`` (a 0-dim tensor)."""
+Coeffs = Optional[torch.Tensor]
+"""Per-parameter factors of a weighted penalty (lambda times each parameter's unit weight), a
+1-D tensor; None: every parameter counts once."""
+
+
+def penalty(params: list[torch.Tensor], form: str, coeffs: Coeffs = None) -> torch.Tensor:
+    """Sum of the elementwise penalty over every entry of ``params`` (a 0-dim tensor), each
+    parameter's sum times its factor in ``coeffs``."""
     _check("form", form, REG_FORMS)
     if not params:
         return torch.zeros(())
@@ -63,24 +71,30 @@ def penalty(params: list[torch.Tensor], form: str) -> torch.Tensor:
         base = params if form == "l2" else [torch.relu(p) for p in params]
         elementwise = base if form == "l1_pos" else torch._foreach_pow(base, 2)
         per_tensor = [e.sum() for e in elementwise]
-    return torch.stack(per_tensor).sum()
+    stacked = torch.stack(per_tensor)
+    return (stacked if coeffs is None else stacked * coeffs).sum()
 
 
-def penalty_grad(params: list[torch.Tensor], form: str, scale: float) -> list[torch.Tensor]:
-    """Gradient of ``scale * penalty(params, form)``, bit-identical to what autograd gives.
+def penalty_grad(params: list[torch.Tensor], form: str, scale: float | torch.Tensor) -> list[torch.Tensor]:
+    """Gradient of ``scale * penalty(params, form)`` (``scale`` a float), or of
+    ``penalty(params, form, coeffs=scale)`` (a tensor), bit-identical to what autograd gives.
 
     The subgradient at 0 is 0 for every form (torch's abs' and relu' at 0).
     """
     _check("form", form, REG_FORMS)
     if not params:
         return []
+    factors = list(scale.unbind()) if isinstance(scale, torch.Tensor) else [scale] * len(params)
     with torch.no_grad():
         if form == "l1":
-            return torch._foreach_mul(torch._foreach_sign(params), scale)
+            signs = torch._foreach_sign(params)
+            if not isinstance(scale, torch.Tensor):
+                return torch._foreach_mul(signs, scale)
+            return [s * f for s, f in zip(signs, factors)]
         if form == "l1_pos":
-            grads = [torch.full_like(p, scale) for p in params]
+            grads = [torch.zeros_like(p).add_(f) for p, f in zip(params, factors)]
         else:  # same operation order as autograd's pow backward: scale * (2 * p)
-            grads = torch._foreach_mul(torch._foreach_mul(params, 2.0), scale)
+            grads = [(2.0 * p) * f for p, f in zip(params, factors)]
         if form != "l2":
             for g, p in zip(grads, params):
                 g.masked_fill_(p <= 0, 0.0)  # relu passes no gradient at or below 0
@@ -111,14 +125,21 @@ def silenced(scale: torch.Tensor, below: float) -> torch.Tensor:
     return mag < below * mag.max()
 
 
-def shift_push(pairs: list[tuple[nn.Parameter, nn.Parameter]], below: float) -> torch.Tensor:
-    """Sum of the shifts of the silenced units (a 0-dim tensor; its gradient is the mask)."""
+def shift_push(pairs: list[tuple[nn.Parameter, nn.Parameter]], below: float,
+               coeffs: Coeffs = None) -> torch.Tensor:
+    """Sum of the shifts of the silenced units, each pair's sum times its factor in ``coeffs``
+    (a 0-dim tensor; its gradient is the mask times the factor)."""
     terms = [(shift * silenced(scale, below)).sum() for scale, shift in pairs]
-    return torch.stack(terms).sum() if terms else torch.zeros(())
+    if not terms:
+        return torch.zeros(())
+    stacked = torch.stack(terms)
+    return (stacked if coeffs is None else stacked * coeffs).sum()
 
 
 @torch.no_grad()
 def shift_push_grad(pairs: list[tuple[nn.Parameter, nn.Parameter]], below: float,
-                    scale: float) -> list[torch.Tensor]:
-    """Gradient of ``scale * shift_push(pairs, below)`` for each pair's shift."""
-    return [silenced(gamma, below).to(shift.dtype) * scale for gamma, shift in pairs]
+                    scale: float | torch.Tensor) -> list[torch.Tensor]:
+    """Gradient of ``scale * shift_push(pairs, below)`` (a float), or of
+    ``shift_push(pairs, below, coeffs=scale)`` (a tensor), for each pair's shift."""
+    factors = list(scale.unbind()) if isinstance(scale, torch.Tensor) else [scale] * len(pairs)
+    return [silenced(gamma, below).to(shift.dtype) * f for (gamma, shift), f in zip(pairs, factors)]

@@ -85,8 +85,12 @@ def node_kind(node: Any) -> str:
 
 
 def op_name(node: Any) -> str:
-    """Autograd op name of a traced op without 'Backward', e.g. 'relu', 'add', 'asstrided'."""
-    return re.sub(r"backward\d*$", "", str(node.module._grad_fn).lower().split("::")[-1])
+    """Autograd op name of a traced op without 'Backward', e.g. 'relu', 'add', 'asstrided'
+    ('' for a module node)."""
+    grad_fn = getattr(node.module, "_grad_fn", None)
+    if grad_fn is None:
+        return ""
+    return re.sub(r"backward\d*$", "", str(grad_fn).lower().split("::")[-1])
 
 
 def is_in_channel_fn(dg: tp.DependencyGraph, handler: Any) -> bool:

@@ -244,8 +244,9 @@ def format_summary(summary: dict) -> str:
         return f"{n / 1e6:.2f} M" if n < 1e9 else f"{n / 1e9:.2f} G"
 
     s = summary
+    knob = f", {s['knob_name']} {s['knob']}" if s.get("knob_name") else (f", knob {s['knob']}" if s.get("knob") is not None else "")
     lines = [f"{s['method']} on {s['dataset']}: {s['model']} (width {s['width']}), {s['optimizer']} "
-             f"lr {s['lr']}, {s['epochs']} epochs / {s['steps']} steps, knob {s['knob']}",
+             f"lr {s['lr']}, {s['epochs']} epochs / {s['steps']} steps{knob}",
              row("", "initial", "final", "final/initial"),
              row("test accuracy", "-", f"{100 * s['test_acc']:.2f}%", f"(best {100 * s['best_acc']:.2f}%)"),
              row("units", f"{s['units_initial']:,}", f"{s['units_final']:,}", f"{100 * s['units_remaining']:.1f}%"),
@@ -256,6 +257,15 @@ def format_summary(summary: dict) -> str:
              f"training FLOPs {s['train_flops'] / 1e12:.3f} T; {s['prune_events']} removal events",
              f"wall time {s['wall_s']:.1f} s training (dead checks and pruning included) "
              f"+ {s['eval_s']:.1f} s evaluation"]
+    if s.get("target") is not None:
+        what = "units" if s["measure"] == "units" else "forward FLOPs"
+        state = ("met" if s.get("met") else "given up by the controller" if s.get("gave_up")
+                 else "not met" if "met" in s else "")
+        lines.append(f"budget: remove {100 * s['target']:.1f}% of {what}; reached {100 * s['reached']:.1f}%"
+                     + (f" ({state})" if state else ""))
+    if s.get("speed"):
+        sp = s["speed"]
+        lines.append(f"training format: {sp['format']} ({sp['how']})")
     return "\n".join(lines)
 
 

@@ -40,7 +40,7 @@ from typing import Any, Callable, Optional
 import yaml
 
 from demp.app.rundir import METRICS_NAME, SUMMARY_NAME
-from demp.app.config import Config, config_from_dict, config_to_dict, load_config, set_dotted
+from demp.app.config import Config, config_from_dict, config_to_dict, load_config, set_dotted, yaml_load
 from demp.errors import DempError
 from demp.experiments.reporting import read_jsonl
 from demp.experiments.study_report import PLAN_NAME, StudyRun, death_checks, study_report
@@ -116,7 +116,7 @@ def load_study(path: str | Path) -> Study:
     if not path.is_file():
         raise DempError(f"study file {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise DempError(f"cannot parse study file {path}: {e}") from None
     raw = _check_keys(raw, TOP_KEYS, path, "top level")

@@ -26,9 +26,11 @@ folder)::
 Grid entry keys: ``method`` (a registered method), ``optim`` (a name or list; default
 ``[adamw]``), ``knob`` (list of values of the method's knob: ``method.reg_peak`` for demp,
 ``method.target`` for the baselines, none for dense; the knob's own name may be used instead
-of ``knob``, and ``target`` for demp gives its units budget), ``set`` (overrides for this
-entry only) and ``variant`` (a name for an entry that differs from another by ``set``, e.g.
-an ablation; it goes into the run names and, as ``label``, into the reports).  Sweep-wide ``method.*`` settings apply to the methods that have them.
+of ``knob``; for demp ``target`` gives its units budget and ``target_flops`` its FLOPs budget,
+both fractions removed), ``set`` (overrides for this entry only), ``variant`` (a name for an
+entry that differs from another by ``set``, e.g. an ablation; it goes into the run names and,
+as ``label``, into the reports) and ``seeds`` (this entry's seeds instead of the sweep's: an
+entry of second seeds placed where its priority is).  Sweep-wide ``method.*`` settings apply to the methods that have them.
 
 Overrides apply in this order: base file (or the optimizer's file), method.name (another
 method than the base file's starts from its own defaults), ``set``, the optimizer's
@@ -65,13 +67,15 @@ from typing import Any, Callable, Optional, Sequence
 import yaml
 
 from demp.app.config import (OPTIMIZERS, Config, available_methods, config_from_dict, config_to_dict, load_config,
-                             set_dotted)
+                             set_dotted, yaml_load)
 from demp.app.methods.base import method_class, setting_keys
 from demp.app.rundir import CHECKPOINT_NAME, ERROR_NAME, SUMMARY_NAME
 from demp.errors import DempError
 
 TOP_KEYS = ("name", "out", "base", "set", "optims", "grid", "seeds", "extra_seeds")
-ENTRY_KEYS = ("method", "optim", "knob", "reg_peak", "target", "set", "variant")
+ENTRY_KEYS = ("method", "optim", "knob", "reg_peak", "target", "target_flops", "set", "variant", "seeds")
+KNOB_TAGS = {"target": "t", "target_flops": "f"}
+"""Run-name tags of knobs other than the method's own (DemP's units and FLOPs budgets)."""
 EXTRA_KEYS = ("seeds", "near_units_removed")
 EXTRA_FILTERS = ("methods", "optims", "variants")   # optional: which entries get extra seeds
 
@@ -84,10 +88,11 @@ def knob_field(method: str) -> Optional[str]:
 
 
 def knob_keys(method: str) -> tuple[str, ...]:
-    """Grid keys that may give the method's knob values: 'knob', its own name, and 'target'
-    where the method has one (DemP's units budget)."""
+    """Grid keys that may give the method's knob values: 'knob', its own name, and 'target' and
+    'target_flops' where the method has them (DemP's units and FLOPs budgets)."""
     own = knob_field(method)
-    extra = ("target",) if "target" in setting_keys(method_class(method)) else ()
+    keys = setting_keys(method_class(method))
+    extra = tuple(k for k in KNOB_TAGS if k in keys)
     return tuple(dict.fromkeys(("knob", own, *extra))) if own else ()
 
 
@@ -100,6 +105,7 @@ class GridEntry:
     set: dict[str, Any] = field(default_factory=dict)
     knob_key: Optional[str] = None              # the method setting the knob values go to
     variant: str = ""                           # a name for runs that differ by ``set`` (ablations)
+    seeds: Optional[tuple[int, ...]] = None     # this entry's seeds (None: the sweep's)
 
 
 @dataclass
@@ -212,7 +218,7 @@ def _parse_entry(raw: Any, i: int, path: Path) -> GridEntry:
         if o not in OPTIMIZERS:
             raise _fail(path, f"{where}.optim", f"unknown optimizer {o!r}; valid: {', '.join(OPTIMIZERS)}")
     knob_name, allowed = knob_field(method), knob_keys(method)
-    given = [k for k in ("knob", "reg_peak", "target") if k in raw]
+    given = [k for k in ("knob", "reg_peak", *KNOB_TAGS) if k in raw]
     wrong = [k for k in given if k not in allowed]
     if wrong or len(given) > 1:
         expected = " or ".join(f"'{k}'" for k in allowed) if allowed else "no knob"
@@ -227,7 +233,8 @@ def _parse_entry(raw: Any, i: int, path: Path) -> GridEntry:
     variant = str(raw.get("variant", ""))
     if variant and not variant.replace("-", "").isalnum():
         raise _fail(path, f"{where}.variant", f"use letters, digits and '-', got {variant!r}")
-    return GridEntry(method, optims, knobs, _overrides(raw.get("set"), path, f"{where}.set"), key, variant)
+    seeds = _numbers(raw["seeds"], path, f"{where}.seeds", int) if "seeds" in raw else None
+    return GridEntry(method, optims, knobs, _overrides(raw.get("set"), path, f"{where}.set"), key, variant, seeds)
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -236,7 +243,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if not path.is_file():
         raise DempError(f"sweep file {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise DempError(f"cannot parse sweep file {path}: {e}") from None
     raw = _check_keys(raw, TOP_KEYS, path, "top level")
@@ -289,7 +296,7 @@ def run_name(method: str, optim: str, knob: Optional[float], seed: int, tag: str
 
 
 def entry_run_name(entry: GridEntry, optim: str, knob: Optional[float], seed: int) -> str:
-    tag = "t" if entry.knob_key not in (None, knob_field(entry.method)) else ""
+    tag = KNOB_TAGS.get(entry.knob_key, "") if entry.knob_key != knob_field(entry.method) else ""
     return run_name(entry.method, optim, knob, seed, tag, entry.variant)
 
 
@@ -299,7 +306,7 @@ def plan_runs(sweep: Sweep, seeds: Optional[Sequence[int]] = None) -> list[Plann
     for i, entry in enumerate(sweep.grid):
         for optim in entry.optims:
             for knob in entry.knobs:
-                for seed in seeds if seeds is not None else sweep.seeds:
+                for seed in seeds if seeds is not None else (entry.seeds or sweep.seeds):
                     run = PlannedRun(entry_run_name(entry, optim, knob, seed), entry, optim, knob, seed)
                     if run.name in seen:
                         raise _fail(sweep.path, f"grid[{i}]", f"run {run.name} is already planned by "

@@ -83,6 +83,12 @@ class Method:
     def log_values(self) -> dict[str, Any]:
         return {}
 
+    def budget(self) -> Optional[dict[str, Any]]:
+        """The method's budget as the summary reports it: ``target`` (fraction removed),
+        ``measure`` (units | fwd_flops) and, where the method knows, ``met`` and ``gave_up``."""
+        target = getattr(self.config, "target", None)
+        return {"target": target, "measure": "units"} if target is not None else None
+
     def knob_value(self) -> Optional[float]:
         """The value of the method's knob (what a results table sorts runs by)."""
         return getattr(self.config, self.knob) if self.knob else None

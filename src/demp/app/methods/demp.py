@@ -41,6 +41,14 @@ class DemPMethod(Method):
     def log_values(self) -> dict[str, Any]:
         return self.pruner.log_values()
 
+    def budget(self) -> Optional[dict[str, Any]]:
+        c, pruner = self.config, self.pruner
+        if not c.budgeted:
+            return None
+        return {"target": c.target_units or c.target_flops,
+                "measure": "units" if c.target_units is not None else "fwd_flops",
+                "met": pruner.budget_met, "gave_up": pruner.budget_gave_up}
+
     def knob_value(self) -> Optional[float]:
         c = self.config
         return c.target_units or c.target_flops or c.reg_peak
