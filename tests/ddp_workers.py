@@ -94,6 +94,7 @@ def train_tiny(rank: int, world: int, port: int, out: str, net: str = "groupnorm
     torch.save({"state": model.state_dict(), "widths": pruner.widths,
                 "events": sum(e.units_after < e.units_before for e in pruner.history)}, f"{out}/rank{rank}.pt")
     if world > 1:
+        dist.barrier()     # no rank leaves while a peer may still talk to it
         dist.destroy_process_group()
 
 

@@ -121,3 +121,137 @@ def test_gives_up_at_the_deadline_rather_than_collapse():
     assert max(lam for _, _, lam in path) == pytest.approx(1e-2 * c.ceiling)
     assert c.short and not c.met and c.done and c.at_ceiling and c.lam == 0.0
     assert all(lam == 0.0 for step, _, lam in path if step >= c.deadline * c.by_step)
+
+
+def test_a_budget_within_tolerance_counts_as_met():
+    c = BudgetController(0.5, 100, 1.0, tolerance=0.01)
+    assert c.update(10, achieved=0.48) > 0 and not c.met
+    assert c.update(20, achieved=0.492) == 0.0 and c.met and c.done and not c.short
+    with pytest.raises(DempError, match="tolerance"):
+        BudgetController(0.5, 100, 1.0, tolerance=0.6)
+
+
+class _TwoInputs(torch.nn.Module):
+    """Two conv branches on two inputs of different sizes: units of ``a`` cost 16x those of ``b``."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.ca, self.ba = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.cb, self.bb = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x, z):
+        a = torch.relu(self.ba(self.ca(x))).mean((2, 3))
+        b = torch.relu(self.bb(self.cb(z))).mean((2, 3))
+        return self.fc(torch.cat([a, b], 1))
+
+
+def _half_dead(model):
+    with torch.no_grad():
+        for bn in (model.ba, model.bb):
+            bn.weight[:4] = 0.0
+            bn.bias[:4] = -1.0
+
+
+def test_flops_budget_with_tuple_inputs_spends_the_room_by_real_cost():
+    """A FLOPs budget on a two-input model (tuple example inputs, counted, not read as 0): each dead
+    unit costs its own FLOPs; removal never passes the budget and leaves no dead unit that fits."""
+    import demp
+    from demp.core.costs import site_costs
+    torch.manual_seed(0)
+    model = _TwoInputs().eval()
+    _half_dead(model)
+    x, z = torch.randn(32, 3, 8, 8), torch.randn(32, 3, 2, 2)
+    costs = site_costs(model, (x[:1], z[:1]))
+    cost_a, cost_b = costs["/relu#0"].flops, costs["/relu#1"].flops
+    total = demp.core.flops.forward_flops(model, (x[:1], z[:1]))
+    target = (2 * cost_a + 3 * cost_b) / total + 1e-6        # room: 2 costly + 3 cheap units
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner = demp.DemonPruner(model, opt, (x[:1], z[:1]), total_steps=100, probe=[((x, z),)],
+                              reg_peak=1e-2, prune_every=1000, target_flops=target, recalibrate=False,
+                              budget_tolerance=0.0)
+    assert pruner.initial["flops"] == total > 0
+    pruner.prune()
+    removed = 1 - demp.core.flops.forward_flops(model, (x[:1], z[:1])) / total
+    assert removed <= target + 1e-9
+    left = target * total - (total - demp.core.flops.forward_flops(model, (x[:1], z[:1])))
+    assert left < cost_b or not any(pruner.dead_kept.values())   # no dead unit that still fits stayed
+    assert model.ca.out_channels + model.cb.out_channels < 16
+
+
+def test_giving_up_is_not_meeting_and_is_reported():
+    import warnings
+    import torch.nn as nn
+    import demp
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(64, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner = demp.DemonPruner(model, opt, x[:2], total_steps=40, probe=[x], reg_peak=1e-2,
+                              prune_every=5, target_units=0.5, target_by=0.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(40):
+            pruner.penalty()
+            pruner.step()
+        pruner.finish()
+    assert pruner.budget_gave_up and not pruner.budget_met and pruner.budget_done
+    assert pruner.budget_reached == 0.0 and pruner.lam == 0.0 and pruner.sigma == 0.0
+    short = [str(w.message) for w in caught if "budget not met" in str(w.message)]
+    assert len(short) == 1 and "0.0% of units removed against a target of 50.0%" in short[0]
+
+
+def test_checks_keep_within_their_share_of_the_time(monkeypatch):
+    """check_share: a check runs only while checks have taken at most that share of the elapsed
+    time (a fake clock: a step takes 1 s, a check 0.5 s)."""
+    import torch.nn as nn
+    import demp
+    from demp.core import pruner as pruner_module
+    now = [0.0]
+    monkeypatch.setattr(pruner_module, "clock", lambda: now[0])
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(64, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def run(share):
+        p = demp.DemonPruner(model, opt, x[:2], total_steps=400, probe=[x], prune_every=1,
+                             check_share=share)
+        scan = p.scan
+
+        def slow_scan():
+            now[0] += 0.5
+            return scan()
+        p.scan = slow_scan
+        start = now[0]
+        for _ in range(400):
+            now[0] += 1.0
+            p.step()
+        return len(p.history), sum(e.check_s for e in p.history), now[0] - start
+
+    checks, spent, elapsed = run(0.05)
+    assert 30 < checks < 50 and spent <= 0.05 * elapsed + 0.5     # 400 s x 5% = about 40 checks
+    assert run(None)[0] == 400
+
+
+def test_rounded_widths_and_a_flops_budget_still_cut_the_costly_site():
+    """round_to 4 and a FLOPs budget: the budget picks whole steps of 4, costliest first, instead of
+    a share that rounding then throws away (which left VGG's first layers whole in a first try)."""
+    import demp
+    from demp.core.costs import site_costs
+    torch.manual_seed(0)
+    model = _TwoInputs().eval()
+    with torch.no_grad():
+        for bn in (model.ba, model.bb):
+            bn.weight[:5] = 0.0
+            bn.bias[:5] = -1.0
+    x, z = torch.randn(32, 3, 8, 8), torch.randn(32, 3, 2, 2)
+    costs = site_costs(model, (x[:1], z[:1]))
+    total = demp.core.flops.forward_flops(model, (x[:1], z[:1]))
+    room = 4 * costs["/relu#0"].flops + 4 * costs["/relu#1"].flops - 1.0     # not quite both steps
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner = demp.DemonPruner(model, opt, (x[:1], z[:1]), total_steps=100, probe=[((x, z),)],
+                              reg_peak=1e-2, prune_every=1000, target_flops=room / total, recalibrate=False,
+                              budget_tolerance=0.0, round_to=4)
+    pruner.prune()
+    assert (model.ca.out_channels, model.cb.out_channels) == (4, 8)

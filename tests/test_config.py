@@ -141,3 +141,21 @@ def test_names_accept_dashes_and_suggest_the_closest():
     assert (cfg.data.name, cfg.method.name) == ("fashion_mnist", "earlysnap")
     with pytest.raises(DempError, match="did you mean 'cifar10'"):
         load_config(None, ["data.name=cifar-100"])
+
+
+def test_on_off_yes_no_reach_string_settings_as_strings(tmp_path):
+    """YAML 1.2 booleans: only true/false are booleans, so autocast=off is the string 'off'; a
+    boolean given for an on/off string setting becomes 'on'/'off', and a boolean setting takes
+    on/off/yes/no."""
+    cfg = load_config(None, ["train.autocast=off", "train.channels_last=true", "train.compile=no",
+                             "train.eval_every_epoch=yes"])
+    assert cfg.train.autocast == "off" and cfg.train.channels_last == "on"
+    assert cfg.train.compile is False and cfg.train.eval_every_epoch is True
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  channels_last: off\n  autocast: auto\n  compile: off\n")
+    cfg = load_config(str(path))
+    assert cfg.train.channels_last == "off" and cfg.train.compile is False
+    with pytest.raises(DempError, match="train.channels_last"):
+        load_config(None, ["train.channels_last=sometimes"])
+    with pytest.raises(DempError, match="train.compile must be true or false"):
+        load_config(None, ["train.compile=sometimes"])

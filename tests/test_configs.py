@@ -43,7 +43,8 @@ def test_config_loads_and_validates(path: Path):
 def test_sweep_plans_valid_runs(path: Path):
     runs = plan_runs(load_sweep(path))
     methods = {r.entry.method for r in runs}
-    assert {"dense", "demp"} <= methods
+    assert "demp" in methods
+    assert "dense" in methods or methods == {"demp"}   # a comparison has its dense reference
     demp_knobs = {(r.optim, r.knob) for r in runs if r.entry.method == "demp"}
     wanted = 1 if "12ep" in path.name else 2   # a curve: several lambda peaks or unit targets
     for optim in {r.optim for r in runs}:

@@ -11,7 +11,7 @@ import pytest
 
 from demp.errors import DempError
 from demp.experiments.reporting import (COLUMNS, add_report_args, interpolate, load_runs, matched_table,
-                            read_csv, report, report_main, row_key)
+                            read_csv, report, report_main, row_key, versus_best)
 
 SITES = ("features.0", "features.3", "features.7", "classifier.1")
 
@@ -112,6 +112,9 @@ def test_matched_table_hand_made_curves():
     s50, s80 = table[0.5, "snap"], table[0.8, "snap"]
     assert s50["test_acc"] == pytest.approx(0.65) and s50["speedup"] == pytest.approx(100 / 90)
     assert all(s80[k] is None for k in ("test_acc", "params_remaining", "train_flops", "speedup"))
+    head = versus_best(matched_table(rows))
+    assert [(h["point"], h["method"], h["best"]) for h in head] == [(0.5, "demp", "snap"), (0.8, "demp", None)]
+    assert head[0]["diff"] == pytest.approx(100 * (d50["test_acc"] - 0.65)) and head[1]["diff"] is None
 
 
 def test_speedup_uses_dense_of_same_seed_else_mean(sweep: Path):

@@ -127,3 +127,17 @@ def test_workers_run_in_processes(tmp_path: Path):
     assert sorted(o.status for o in outcomes) == ["done", "done"]
     cfg = yaml.safe_load((tmp_path / "out" / "dense-sgd-s0" / "config.yaml").read_text())
     assert cfg["optim"]["name"] == "sgd" and cfg["out"] == str(tmp_path / "out" / "dense-sgd-s0")
+
+
+def test_entry_seeds_and_flops_budget_knob(tmp_path: Path):
+    """An entry's own seeds (second seeds placed at their priority) and DemP's FLOPs budget as a knob."""
+    sweep = load_sweep(write_sweep(
+        tmp_path, grid=[{"method": "demp", "target_flops": [0.5, 0.75], "set": {"method.target_units": None}},
+                        {"method": "snap", "target": [0.8]},
+                        {"method": "demp", "target_flops": [0.75], "seeds": [1, 2],
+                         "set": {"method.target_units": None}}]))
+    names = [r.name for r in plan_runs(sweep)]
+    assert names == ["demp-adamw-f0.5-s0", "demp-adamw-f0.75-s0", "snap-adamw-0.8-s0",
+                     "demp-adamw-f0.75-s1", "demp-adamw-f0.75-s2"]
+    cfg = run_config(sweep, {r.name: r for r in plan_runs(sweep)}["demp-adamw-f0.75-s2"])
+    assert (cfg.method.target_flops, cfg.method.target_units, cfg.seed) == (0.75, None, 2)

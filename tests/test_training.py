@@ -25,7 +25,7 @@ test_pruner and test_batchnorm)."""
 SUMMARY_KEYS = {"test_acc", "best_acc", "units_initial", "units_final", "units_remaining",
                 "params_initial", "params_final", "params_remaining", "fwd_flops_initial",
                 "fwd_flops_final", "train_flops", "wall_s", "eval_s", "prune_events", "method",
-                "optimizer", "knob", "seed", "model", "dataset"}
+                "optimizer", "knob", "knob_name", "seed", "model", "dataset", "target", "speed"}
 STEP_KEYS = {"step", "epoch", "loss", "lr", "lam", "sigma", "units", "params", "fwd_flops", "wall_s"}
 EPOCH_KEYS = {"epoch", "test_acc", "test_loss", "train_loss", "units", "params", "live_units", "wall_s"}
 
@@ -188,3 +188,15 @@ def test_every_method_trains_and_resumes_exactly(name, tmp_path, monkeypatch):
     assert resumed["test_acc"] == reference["test_acc"] and resumed["train_flops"] == reference["train_flops"]
     deaths = [death_checks(read_jsonl(tmp_path / d / "metrics.jsonl")) for d in ("cut", "whole")]
     assert deaths[0] == deaths[1]            # the count method's records survive the resume
+
+
+def test_a_budget_run_reports_target_and_reached(tmp_path):
+    summary = train(tiny("method.target_flops=0.2", "method.prune_every=2", "method.reg_peak=0.2"),
+                    out_dir=str(tmp_path / "run"), progress=False)
+    assert (summary["target"], summary["measure"], summary["knob_name"]) == (0.2, "fwd_flops", "target_flops")
+    assert summary["reached"] == pytest.approx(1 - summary["fwd_flops_final"] / summary["fwd_flops_initial"])
+    assert isinstance(summary["met"], bool) and isinstance(summary["gave_up"], bool)
+    assert summary["met"] == (summary["reached"] >= 0.2 - 0.01 - 1e-9)
+    text = format_summary(summary)
+    assert "budget: remove 20.0% of forward FLOPs; reached" in text
+    assert summary["speed"]["how"].startswith("default") and "training format: float32" in text

@@ -71,9 +71,13 @@ class World:
         if self.size > 1:
             dist.barrier()
 
-    def close(self) -> None:
-        """Leave the process group if ``start`` joined it."""
+    def close(self, finished: bool = True) -> None:
+        """Leave the process group if ``start`` joined it; after a finished run, only once every
+        rank got here (a rank that tears its group down while a peer still talks to it can abort
+        that peer; after a failure nobody waits for ranks that may never come)."""
         if self.owns_group:
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
 
 

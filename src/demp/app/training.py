@@ -362,15 +362,18 @@ def train(cfg: Config, out_dir: str | None = None, resume: bool = False, progres
     if tensorboard:
         check_tensorboard()
     world = World.start(pick_device(cfg.device))
+    finished = False
     try:
         world.check_batch(cfg.train.batch_size)
         run_dir = Path(world.same(str(out_dir or cfg.out or default_run_dir(cfg))))
         ckpt = check_run_dir(cfg, run_dir, resume)
         world.barrier()   # every rank has checked the folder before rank 0 writes to it
         with main_only_logging(world, log):
-            return _train(cfg, run_dir, ckpt, tensorboard, progress, world)
+            summary = _train(cfg, run_dir, ckpt, tensorboard, progress, world)
+        finished = True
+        return summary
     finally:
-        world.close()
+        world.close(finished)
 
 
 def _train(cfg: Config, run_dir: Path, ckpt: Optional[dict], tensorboard: bool, progress: bool | None,

@@ -48,6 +48,9 @@ from demp.core.utils import count_params, model_device
 from demp.errors import DempError
 
 
+clock = time.perf_counter
+"""The pruner's time source (check spacing and the times in the history); tests replace it."""
+
 BUDGET_SPAN = 2
 """With a budget the lambda schedule spans this many times ``target_by`` (its one-cycle peak comes
 at 0.6 of target_by); the controller gives up at its end."""
@@ -320,7 +323,7 @@ class DemonPruner:
             raise DempError(f"loss is {loss.item()} at step {self.step_count}: training diverged; "
                             "lower the learning rate or reg_peak (nothing was changed)")
         if self._clock is None:
-            self._clock = time.perf_counter()
+            self._clock = clock()
         k = self.config.noise_every
         sigma = self.sigma
         if sigma > 0 and self.step_count % k == 0:
@@ -341,7 +344,7 @@ class DemonPruner:
         share = self.config.check_share
         if share is None:
             return True
-        elapsed = time.perf_counter() - (self._clock or time.perf_counter())
+        elapsed = clock() - (self._clock if self._clock is not None else clock())
         return agree_any(self._check_spent + self._last_check_s <= share * elapsed)
 
     def finish(self) -> Optional[RemovalReport]:
@@ -406,57 +409,65 @@ class DemonPruner:
             return 1 - units / self.initial["units"]
         return 1 - self._flops() / max(1, self.initial["flops"])
 
-    def _within_budget(self, scan: UnitScan, units: int) -> dict[str, torch.Tensor]:
-        """The dead masks, cut so that removal does not pass the budget.
+    def _removable(self, scan: UnitScan) -> dict[str, int]:
+        """How many of each site's dead units may go: all, or with ``round_to`` r as many as keep
+        the width a multiple of r (and at least r; dead units beyond stay, inert)."""
+        r, out = self.config.round_to, {}
+        for name, mask in scan.dead.items():
+            width, dead = mask.numel(), int(mask.sum())
+            keep = width - dead if r <= 1 else min(width, max(r, -(-(width - dead) // r) * r))
+            out[name] = width - keep
+        return out
 
-        Each dead unit costs what removing it saves (one unit, or its forward FLOPs at the current
-        widths); every site gives up the same share of its dead units, then the room left is
-        filled from the costliest sites down.
+    def _step_sizes(self, width: int) -> tuple[int, int]:
+        """The first and the following amounts a site's removal grows by (1 and 1 without rounding;
+        with round_to r: what brings the width to a multiple of r, then r)."""
+        r = self.config.round_to
+        return (1, 1) if r <= 1 else (width % r or r, r)
+
+    def _within_budget(self, scan: UnitScan, units: int, removable: dict[str, int]) -> dict[str, int]:
+        """How many units each site gives up so that removal does not pass the budget.
+
+        Each unit costs what removing it saves (one unit, or its forward FLOPs at the current
+        widths).  Every site gives up the same share of what it may lose (whole steps of
+        ``round_to``), then the room left is filled step by step from the costliest sites down.
         """
         room = self.budget.allowance(self._achieved(units))
         by_flops = self.config.target_units is None
         room *= self.initial["flops"] if by_flops else self.initial["units"]
-        cost = {n: (self.costs[n].flops if by_flops and n in self.costs else 1.0) for n in scan.dead}
-        dead = {n: int(m.sum()) for n, m in scan.dead.items()}
-        total = sum(dead[n] * cost[n] for n in dead)
+        cost = {n: (self.costs[n].flops if by_flops and n in self.costs else 1.0) for n in removable}
+        total = sum(removable[n] * cost[n] for n in removable)
         if total <= room + 1e-9:
-            return scan.dead
+            return removable
         share = room / total
-        take = {n: math.floor(dead[n] * share) for n in dead}
-        left = room - sum(take[n] * cost[n] for n in dead)
-        for n in sorted(dead, key=lambda n: -cost[n]):
-            extra = min(dead[n] - take[n], math.floor((left + 1e-9) / cost[n]) if cost[n] > 0 else dead[n])
-            take[n] += extra
-            left -= extra * cost[n]
-        out = {}
-        for name, mask in scan.dead.items():
-            keep = torch.zeros_like(mask)
-            keep[mask.nonzero().flatten()[:take[name]]] = True
-            out[name] = keep
-        return out
-
-    def _rounded(self, dead: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The dead masks cut so that each site keeps a multiple of ``round_to`` units."""
-        r = self.config.round_to
-        if r <= 1:
-            return dead
-        out = {}
-        for name, mask in dead.items():
-            width = mask.numel()
-            keep = min(width, max(r, -(-(width - int(mask.sum())) // r) * r))
-            idx = mask.nonzero().flatten()[:width - keep]
-            out[name] = torch.zeros_like(mask).index_fill_(0, idx, True)
-        return out
+        take = {}
+        for n, most in removable.items():
+            first, step = self._step_sizes(scan.dead[n].numel())
+            want = math.floor(most * share)
+            take[n] = 0 if want < first else min(most, first + (want - first) // step * step)
+        left = room - sum(take[n] * cost[n] for n in take)
+        for n in sorted(removable, key=lambda n: -cost[n]):
+            first, step = self._step_sizes(scan.dead[n].numel())
+            while True:
+                more = first if take[n] == 0 else step
+                if take[n] + more > removable[n] or more * cost[n] > left + 1e-9:
+                    break
+                take[n] += more
+                left -= more * cost[n]
+        return take
 
     def prune(self) -> RemovalReport:
         """Dead check now, then remove the dead units from the model and the optimizer."""
-        t0 = time.perf_counter()
+        t0 = clock()
         scan = self.scan()
         scan.dead = agree_dead(scan.dead)
-        t1 = time.perf_counter()
+        t1 = clock()
         units, params = scan.units, count_params(self.model)
-        dead = self._within_budget(scan, units) if self.budget and scan.dead_units else scan.dead
-        dead = self._rounded(dead)
+        counts = self._removable(scan)
+        if self.budget and scan.dead_units:
+            counts = self._within_budget(scan, units, counts)
+        dead = {n: torch.zeros_like(m).index_fill_(0, m.nonzero().flatten()[:counts[n]], True)
+                for n, m in scan.dead.items()}
         if any(bool(m.any()) for m in dead.values()):
             report = remove_units(self.model, dead, self.example_inputs, self.optimizer,
                                   min_units=self.config.min_units, pruners=self.pruners)
@@ -475,13 +486,14 @@ class DemonPruner:
             self.budget.update(self.step_count, self._achieved(units - report.units_removed))
             if self.budget.short:
                 self._warn_short(f"the controller gave up at step {self.step_count}")
-        self._last_check_s = time.perf_counter() - t0
+        t2 = clock()
+        self._last_check_s = t2 - t0
         self._check_spent += self._last_check_s
         self.history.append(RemovalEvent(
             step=self.step_count, dead_found=scan.dead_units, units_before=units,
             units_after=units - report.units_removed, params_before=params,
             params_after=count_params(self.model), check_s=t1 - t0,
-            removal_s=time.perf_counter() - t1, widths=dict(self.widths),
+            removal_s=t2 - t1, widths=dict(self.widths),
             quasi_dead={str(e): sum(c.values()) for e, c in scan.quasi_dead.items()}, lam=self.lam))
         if report.units_removed:
             for callback in self._callbacks:

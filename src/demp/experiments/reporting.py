@@ -35,7 +35,7 @@ COLUMNS = ("method", "optimizer", "knob", "target", "seed", "test_acc", "best_ac
 METHOD_ORDER = ("dense", "demp", "snap", "cropit", "earlysnap", "earlycrop", "slimming",
                 "magnitude", "random")
 MATCHED_VALUES = ("test_acc", "params_remaining", "train_flops", "speedup")
-FLOPS_POINTS = (0.75, 0.9)   # fractions of inference FLOPs removed for the matched-FLOPs table
+FLOPS_POINTS = (0.5, 0.75)   # fractions of inference FLOPs removed for the matched-FLOPs table
 _MARKERS = "osD^v<>pPX*h"
 
 Row = dict[str, Any]
@@ -233,6 +233,25 @@ def matched_table(rows: Sequence[Row], points: Sequence[float] = (0.5, 0.8),
     return table
 
 
+def versus_best(table: Sequence[dict]) -> list[dict]:
+    """For each point and optimizer of a ``matched_table``: every DemP form (method ``demp`` or
+    ``demp[label]``) against the best other method there; ``diff`` = DemP minus best (points)."""
+    out = []
+    keys = sorted({(e["units_removed"], e["optimizer"]) for e in table}, key=lambda k: (k[1] or "", k[0]))
+    for point, optimizer in keys:
+        here = [e for e in table if (e["units_removed"], e["optimizer"]) == (point, optimizer)
+                and e["test_acc"] is not None]
+        others = [e for e in here if not e["method"].startswith("demp")]
+        best = max(others, key=lambda e: e["test_acc"], default=None)
+        for e in here:
+            if e["method"].startswith("demp"):
+                out.append({"point": point, "optimizer": optimizer, "method": e["method"],
+                            "test_acc": e["test_acc"], "best": best["method"] if best else None,
+                            "best_acc": best["test_acc"] if best else None,
+                            "diff": 100 * (e["test_acc"] - best["test_acc"]) if best else None})
+    return out
+
+
 # ----------------------------------------------------------------------------- markdown
 
 def format_summary(summary: dict) -> str:
@@ -342,6 +361,18 @@ def markdown_report(rows: Sequence[Row], title: str, images: Sequence[Path], out
             [[f"{100 * e['units_removed']:.0f}%", e["method"], e["optimizer"], _pct(e["test_acc"], 2),
               _pct(e["params_remaining"]), _si(e["train_flops"]), _speed(e["speedup"])] for e in flops_table])
         lines.append("")
+    headline = versus_best(table) + versus_best(flops_table)
+    if headline:
+        lines += ["## DemP minus the best other method", "",
+                  "At each matched point above (units, then inference FLOPs removed): DemP's accuracy, "
+                  "the best other method's, and the difference in points.", ""]
+        units_rows = len(versus_best(table))
+        lines += _md_table(
+            ["measure", "removed", "optimizer", "DemP form", "DemP acc", "best other", "its acc", "difference"],
+            [["units" if i < units_rows else "inference FLOPs", f"{100 * h['point']:.0f}%", h["optimizer"],
+              h["method"], _pct(h["test_acc"], 2), h["best"] or "n/a", _pct(h["best_acc"], 2),
+              "n/a" if h["diff"] is None else f"{h['diff']:+.2f}"] for i, h in enumerate(headline)])
+        lines.append("")
     lines += ["## Runs", ""]
     lines += _md_table(
         ["run", "method", "optimizer", "knob", "seed", "test acc", "best acc", "units rem.",
@@ -383,7 +414,9 @@ def _style(method: str) -> dict:
 TRADEOFFS = {  # file stem: (row key, x label, x as percent)
     "acc_vs_units": ("units_remaining", "units remaining (% of dense)", True),
     "acc_vs_params": ("params_remaining", "parameters remaining (% of dense)", True),
+    "acc_vs_fwd_flops": ("fwd_flops_remaining", "inference FLOPs remaining (% of dense)", True),
     "acc_vs_train_flops": ("train_flops", "training compute ({}FLOPs, forward+backward, total)", False),
+    "acc_vs_wall": ("wall_s", "training time (s, wall-clock; compare runs made on the same quiet machine)", False),
 }
 
 
@@ -396,9 +429,11 @@ def plot_tradeoff(rows: Sequence[Row], x_key: str, x_label: str, percent: bool, 
                              sharey=True, squeeze=False)
     if percent:
         scale = 100.0
-    else:  # FLOP counts: an SI prefix in the label instead of matplotlib's offset text
+    elif "{}" in x_label:  # FLOP counts: an SI prefix in the label instead of matplotlib's offset text
         top, prefix = _si_scale(max((r[x_key] for r in rows if r.get(x_key)), default=1.0))
         scale, x_label = 1.0 / top, x_label.format(prefix)
+    else:
+        scale = 1.0
     handles: dict[str, Any] = {}
     for ax, opt in zip(axes[0], optimizers):
         mine = [r for r in rows if r.get("optimizer") == opt and r.get(x_key) is not None
