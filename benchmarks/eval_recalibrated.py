@@ -17,7 +17,7 @@ import torch
 
 from demp.app.config import load_config
 from demp.app.data import load_run_data
-from demp.app.export import load_pruned
+from demp.app.export import load_run_model
 from demp.app.measure import evaluate
 from demp.app.training import Speed
 
@@ -28,7 +28,7 @@ def accuracies(run: Path, batches: int) -> tuple[float, float]:
     device = torch.device("cpu")
     speed = Speed.choose(cfg, device)
     data = load_run_data(cfg, device)
-    model = speed.model(load_pruned(run / "model.pt"))
+    model = speed.model(load_run_model(run / "model.pt"))
     stored, _ = evaluate(model, data.test, speed.autocast)
     fresh, _ = evaluate(model, data.test, speed.autocast, data.score_batches(batches))
     return stored, fresh

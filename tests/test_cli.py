@@ -55,7 +55,8 @@ def error_of(argv, capsys) -> str:
     (["train", "--set", "model.name=resnet9"], "valid: densenet_tiny"),
     (["train", "--set", "train.epoch=1"], "unknown key 'train.epoch'"),
     (["train", "--config", "missing.yaml"], "config file missing.yaml not found"),
-    (["export", "nowhere"], "no model.pt in nowhere"),
+    (["export", "nowhere"], "nowhere: no such folder"),
+    (["train", "--resume", "nowhere"], "--resume nowhere: no such folder"),
 ])
 def test_errors_are_one_line_with_exit_code_2(argv, message, capsys):
     assert message in error_of(argv, capsys)

@@ -207,7 +207,55 @@ def test_params_weights_and_bad_settings():
     assert by_param[id(model.b2.weight)] > by_param[id(model.b1.weight)]    # 358 vs 83 parameters
     with pytest.raises(demp.DempError, match="penalty_weights"):
         _pruner(Plain(), x, penalty_weights="latency")
-    with pytest.raises(demp.DempError, match="reg_target 'norm_scales'"):
+    with pytest.raises(demp.DempError, match="reg_target 'gates'"):
         _pruner(Plain(), x, penalty_weights="flops", reg_target="all_weights")
     with pytest.raises(demp.DempError, match="cost_power"):
         _pruner(Plain(), x, cost_power=-1.0)
+
+
+def test_an_ungated_ffn_gets_a_group_l1_on_its_producer_rows_with_exact_gradients():
+    """No norm gates the FFN's hidden units: the penalty reaches the rows (weights and bias) of
+    the layer producing them, the LayerNorm is left alone, and the gradient the pruner computes
+    equals what the loss's backward adds, so a dead row stays out of the live-only noise."""
+    from demp.core.noise import live_mask
+    torch.manual_seed(0)
+    model = TokenFFN()
+    x = torch.randn(16, 4, 8)
+    with torch.no_grad():            # hidden unit 0 dead (row zero, bias negative); unit 1 silenced
+        model.up.weight[0] = 0.0
+        model.up.bias[0] = -1.0
+        model.up.weight[1] = 1e-4
+        model.up.bias[1] = 0.5
+    opt, pruner = _pruner(model, x)
+    assert [(g.producers, g.consumers) for g in pruner._groups] == [((model.up,), (model.down,))] and not any(p is model.ln.weight for p in pruner._reg_params)
+    y = torch.randint(0, 3, (16,))
+    model.zero_grad()
+    (F.cross_entropy(model(x), y) + pruner.penalty()).backward()
+    params, grads = pruner._penalty_grads(pruner.lam)
+    pen = {id(p): g for p, g in zip(params, grads)}
+    w, b = model.up.weight, model.up.bias
+    assert not live_mask(w, pen[id(w)])[0].any() and not live_mask(b, pen[id(b)])[0]
+    assert live_mask(w, pen[id(w)])[2:].any()
+    assert pen[id(b)][1] > pen[id(b)][2]              # the silenced row's bias is pushed down harder
+    assert torch.isfinite(pen[id(w)]).all()           # finite at the all-zero row
+
+
+def test_demp_kills_and_removes_ffn_units_exactly():
+    """A token FFN trained with DemP (no norm to shrink): units die through their rows and go;
+    every removal is verified exact inside remove_units, and the pruned model still fits."""
+    torch.manual_seed(0)
+    model = TokenFFN(dim=8, hidden=32)
+    x = torch.randn(256, 4, 8)
+    y = (x.mean(1) @ torch.randn(8, 3)).argmax(1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    pruner = demp.DemonPruner(model, opt, x[:2], total_steps=300, probe=[x], reg_peak=0.05,
+                              schedule="constant", prune_every=50)
+    for step in range(300):
+        idx = torch.randint(0, 256, (64,))
+        loss = F.cross_entropy(model(x[idx]), y[idx]) + pruner.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        pruner.step()
+    assert model.up.out_features < 32 and model.down.in_features == model.up.out_features
+    assert (model(x).argmax(1) == y).float().mean() > 0.8

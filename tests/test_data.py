@@ -118,7 +118,7 @@ def test_fashion_missing_says_how_to_install(tmp_path):
 @pytest.mark.skipif(not Path(data.FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
 def test_real_fashion_mnist(tmp_path):
     splits = load_dataset("fashion_mnist", cache_dir=str(tmp_path), subset=1000)
-    assert splits.train_x.shape == (1000, 1, 28, 28) and splits.test_x.shape == (10000, 1, 28, 28)
+    assert splits.train_x.shape == (1000, 1, 28, 28) and splits.test_x.shape == (1000, 1, 28, 28)
     assert set(splits.test_y.unique().tolist()) == set(range(10))
     full = load_dataset("fashion_mnist", cache_dir=str(tmp_path))
     assert full.train_x.shape[0] == 60000
@@ -174,7 +174,7 @@ def test_image_folder_labels_and_pixels(tmp_path):
         color = COLORS[splits.classes[y]]
         assert torch.equal(x[:, 0, 0], torch.tensor(color, dtype=torch.uint8))
     small = load_dataset("cifar10", root=str(root), subset=3, cache_dir=str(tmp_path / "cache"))
-    assert small.train_y.tolist() == [0, 1, 2] and small.test_x.shape[0] == 6
+    assert small.train_y.tolist() == [0, 1, 2] and small.test_x.shape[0] == 3      # the test set shrinks too
 
 
 def test_zip_of_folder(tmp_path):
@@ -226,7 +226,9 @@ def test_synthetic_is_seeded():
     assert torch.equal(a.train_x, b.train_x) and torch.equal(a.train_y, b.train_y)
     assert not torch.equal(a.train_x, c.train_x)
     assert a.train_y.bincount().tolist() == [52] * 2 + [51] * 8
-    assert load_dataset("synthetic", subset=100).train_x.shape[0] == 100
+    small = load_dataset("synthetic", subset=100)
+    assert small.train_x.shape[0] == 100 and small.test_x.shape[0] == 100     # evaluation shrinks too
+    assert len(small.test_y.unique()) == 10                                    # evenly spaced: every class
     # class patterns are separable: nearest class mean classifies the test set well
     means = torch.stack([a.train_x[a.train_y == k].float().mean(0) for k in range(10)])
     pred = torch.cdist(a.test_x.float().flatten(1), means.flatten(1)).argmin(1)

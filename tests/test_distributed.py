@@ -72,7 +72,7 @@ def run_app(out, world: int = 2, resume: bool = False, stop_at_step: int = 0) ->
 
 
 def test_demp_train_on_two_processes_resumes_exactly(tmp_path):
-    import demp
+    from demp.app.export import load_run_model
     whole = run_app(tmp_path / "whole")
     assert whole[0] == whole[1] and whole[0]["prune_events"] >= 1
     assert (whole[0]["world_size"], whole[0]["global_batch"]) == (2, 64)
@@ -82,6 +82,6 @@ def test_demp_train_on_two_processes_resumes_exactly(tmp_path):
     assert run_app(tmp_path / "cut", stop_at_step=10) == [None, None]   # after the checkpoint at step 9
     resumed = run_app(tmp_path / "cut", resume=True)
     assert resumed[0]["test_acc"] == whole[0]["test_acc"] and resumed[0]["units_final"] == whole[0]["units_final"]
-    a = demp.load_pruned(tmp_path / "cut" / "run" / "model.pt").state_dict()
-    b = demp.load_pruned(tmp_path / "whole" / "run" / "model.pt").state_dict()
+    a = load_run_model(tmp_path / "cut" / "run" / "model.pt").state_dict()
+    b = load_run_model(tmp_path / "whole" / "run" / "model.pt").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -110,13 +110,13 @@ def test_penalty_backpropagates_into_model() -> None:
 
 def test_bad_names_raise_listing_valid_choices() -> None:
     model, _ = _net()
-    with pytest.raises(ValueError, match="'bias'.*norm_scales.*all_weights"):
+    with pytest.raises(ValueError, match="'bias'.*gates.*norm_scales.*all_weights"):
         regularised_params(model, "bias")
     with pytest.raises(ValueError, match="'l3'.*l1.*l2_pos"):
         penalty([torch.ones(1)], "l3")
     with pytest.raises(ValueError, match="'L1'.*l1_pos"):
         penalty_grad([torch.ones(1)], "L1", 1.0)
-    assert REG_TARGETS == ("norm_scales", "all_weights")
+    assert REG_TARGETS == ("gates", "norm_scales", "all_weights")
 
 
 def test_shift_push_reaches_only_silenced_batchnorm_units() -> None:

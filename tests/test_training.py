@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import demp
+from demp.app.export import load_run_model
 from demp import DempError
 from demp.app import training
 from demp.app.config import available_methods, load_config
@@ -56,14 +57,14 @@ def test_run_folder_and_summary(demp_run):
     assert summary["fwd_flops_final"] <= summary["fwd_flops_initial"]
     assert 0 < summary["train_flops"] < 16 * 64 * 3 * summary["fwd_flops_initial"] * 1.01
     assert summary["best_acc"] >= summary["test_acc"] > 0.5  # the toy set is easy
-    assert (summary["method"], summary["knob"], summary["dataset"]) == ("demp", 0.05, "synthetic")
+    assert (summary["method"], summary["knob"], summary["dataset"]) == ("demp", 0.4, "synthetic")   # the units budget
     assert summary["wall_s"] > 0 and summary["eval_s"] > 0
     assert load_config(str(run_dir / "config.yaml")) == tiny()
 
 
 def test_exported_model_matches_summary(demp_run):
     run_dir, summary = demp_run
-    model = demp.load_pruned(run_dir / "model.pt")
+    model = load_run_model(run_dir / "model.pt")
     assert demp.count_params(model) == summary["params_final"]
     sites = demp.list_sites(model, torch.zeros(2, 3, 16, 16))
     assert {s.name: s.width for s in sites} == summary["widths_final"]
@@ -182,8 +183,8 @@ def test_every_method_trains_and_resumes_exactly(name, tmp_path, monkeypatch):
     monkeypatch.setattr(training, "train_step", real_step)
     resumed = train(cfg, out_dir=str(tmp_path / "cut"), resume=True, progress=False)
 
-    a = demp.load_pruned(tmp_path / "cut" / "model.pt").state_dict()
-    b = demp.load_pruned(tmp_path / "whole" / "model.pt").state_dict()
+    a = load_run_model(tmp_path / "cut" / "model.pt").state_dict()
+    b = load_run_model(tmp_path / "whole" / "model.pt").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["test_acc"] == reference["test_acc"] and resumed["train_flops"] == reference["train_flops"]
     deaths = [death_checks(read_jsonl(tmp_path / d / "metrics.jsonl")) for d in ("cut", "whole")]
@@ -191,7 +192,8 @@ def test_every_method_trains_and_resumes_exactly(name, tmp_path, monkeypatch):
 
 
 def test_a_budget_run_reports_target_and_reached(tmp_path):
-    summary = train(tiny("method.target_flops=0.2", "method.prune_every=2", "method.reg_peak=0.2"),
+    summary = train(tiny("method.target_units=null", "method.target_flops=0.2", "method.prune_every=2",
+                         "method.reg_peak=0.2"),
                     out_dir=str(tmp_path / "run"), progress=False)
     assert (summary["target"], summary["measure"], summary["knob_name"]) == (0.2, "fwd_flops", "target_flops")
     assert summary["reached"] == pytest.approx(1 - summary["fwd_flops_final"] / summary["fwd_flops_initial"])

@@ -26,9 +26,10 @@ _PUBLIC = {
     "count_params": "demp.core.utils",
     "find_dead_units": "demp.core.detection",
     "list_sites": "demp.core.detection",
-    "load_pruned": "demp.app.export",
+    "load_pruned": "demp.core.persist",
     "remove_units": "demp.core.surgery",
-    "save_pruned": "demp.app.export",
+    "recalibrate_bn": "demp.core.batchnorm",
+    "save_pruned": "demp.core.persist",
     "scan_units": "demp.core.detection",
 }
 

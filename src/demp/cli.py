@@ -27,6 +27,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from demp.app.training import train
     from demp.experiments.reporting import format_summary
     if args.resume:
+        if not Path(args.resume).is_dir():
+            raise DempError(f"--resume {args.resume}: no such folder; give the run folder of an earlier "
+                            "`demp train` (its --out)")
         if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
             raise DempError(f"--out {args.out} and --resume {args.resume} name different folders; "
                             "a resumed run stays in its own folder (drop --out)")
@@ -53,14 +56,16 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Describe a run's exported model; with --onnx, write it as ONNX."""
-    from demp.app.export import example_input, export_onnx, load_pruned
+    from demp.app.export import example_input, export_onnx, load_run_model
     from demp.core.utils import count_params
     from demp.app.rundir import MODEL_NAME
     path = Path(args.run_dir) / MODEL_NAME
+    if not Path(args.run_dir).is_dir():
+        raise DempError(f"{args.run_dir}: no such folder; give the run folder of a `demp train` run")
     if not path.is_file():
         raise DempError(f"no {MODEL_NAME} in {args.run_dir}: the run has not finished "
                         f"(finish it with `demp train --resume {args.run_dir}`)")
-    model = load_pruned(path)
+    model = load_run_model(path)
     print(f"{path}: {model.demp_spec['name']} with {count_params(model):,} parameters")
     if args.onnx is not None:
         target = Path(args.onnx or Path(args.run_dir) / "model.onnx")

@@ -1,80 +1,19 @@
-"""Atomic file writes and training checkpoints that resume a run bit for bit.
-
-Every file a run writes (config, summary, checkpoint, exported model) goes through
-``atomic_write_bytes``: a temporary file in the same folder, fsync, then ``os.replace``, so a
-crash at any moment leaves either the old file or the new one, never a torn one.
-"""
+"""Training checkpoints that resume a run bit for bit, written atomically (``demp.core.atomic``)."""
 from __future__ import annotations
 
 import io
-import json
-import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from demp.core.atomic import atomic_write_bytes
 from demp.errors import DempError
 
 FORMAT = "demp.checkpoint/1"
-_TEMP_SUFFIX = ".tmp"
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Replace a text file atomically."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Replace a JSON file atomically (indented, keys in insertion order)."""
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def remove_stale_temps(folder: str | Path) -> None:
-    """Delete temporary files left by writes that a crash interrupted."""
-    for tmp in Path(folder).glob(f".*{_TEMP_SUFFIX}"):
-        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- random state
@@ -106,7 +45,7 @@ def save_checkpoint(path: str | Path, *, config: dict, architecture: dict, model
                     loader: Any, progress: dict) -> None:
     """Write everything a resumed run needs, atomically.
 
-    ``architecture`` is ``demp.export.architecture(model)`` (spec and widths of the pruned
+    ``architecture`` is ``demp.app.export.architecture(model)`` (spec and widths of the pruned
     model); ``progress`` holds the loop's counters and metric accumulators.
     """
     state = {"format": FORMAT, "config": config, "architecture": architecture,

@@ -493,8 +493,9 @@ def load_dataset(name: str, root: str | None = None, subset: int | None = None,
                  cache_dir: str | None = None, seed: int = 0) -> Splits:
     """Load an in-memory dataset (decoded once, then read from the cache).
 
-    ``subset`` keeps at most the first N training examples (the test set is untouched);
-    ``seed`` only affects ``synthetic``, the others are fixed files.
+    ``subset`` keeps at most the first N training examples and N test examples, evenly spaced
+    over the test set (which files order by class), so that evaluating a small run costs no more
+    than training it; ``seed`` only affects ``synthetic``, the others are fixed files.
     """
     if name == "imagefolder":
         raise ValueError("'imagefolder' is read lazily: use ImageFolderDataset(root, split) "
@@ -516,7 +517,9 @@ def load_dataset(name: str, root: str | None = None, subset: int | None = None,
     if subset is not None and subset < len(splits.train_y):
         train_x, train_y = splits.train_x[:subset].clone(), splits.train_y[:subset].clone()
         mean, std = channel_stats(train_x)
-        splits = Splits(train_x, train_y, splits.test_x, splits.test_y, splits.classes, mean, std)
+        picks = torch.linspace(0, len(splits.test_y) - 1, min(subset, len(splits.test_y))).long()
+        splits = Splits(train_x, train_y, splits.test_x[picks].clone(), splits.test_y[picks].clone(),
+                        splits.classes, mean, std)
     return splits
 
 

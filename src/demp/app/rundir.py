@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 import yaml
 
-from demp.app.checkpoint import atomic_write_text, load_checkpoint, remove_stale_temps
+from demp.app.checkpoint import load_checkpoint
+from demp.core.atomic import atomic_write_text, remove_stale_temps
 from demp.app.config import Config, config_diff, config_from_dict, config_to_dict, flat_config
 from demp.errors import DempError
 

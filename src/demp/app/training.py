@@ -24,17 +24,20 @@ import torch.nn as nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from demp.app.checkpoint import atomic_write_json, save_checkpoint, set_rng_state
+from demp.app.checkpoint import save_checkpoint, set_rng_state
+from demp.core.atomic import atomic_write_json
 from demp.app.config import Config, config_to_dict
 from demp.app.data import Data, load_run_data
 from demp.app.distributed import NullLog, World, main_only_logging, training_forward
-from demp.app.export import architecture, build_pruned, save_pruned
+from demp.app.export import architecture, build_pruned
+from demp.core.persist import save_pruned
 from demp.app.measure import Arch, evaluate, live_units, run_summary
 from demp.app.methods import Method, MethodContext, create_method
 from demp.app.models import create_model
 from demp.app.speed import Speed
 from demp.app.rundir import (CHECKPOINT_NAME, METRICS_NAME, MODEL_NAME, SUMMARY_NAME, MetricsLog,
                              check_run_dir, check_tensorboard, default_run_dir, start_run_dir)
+from demp.core.batchnorm import choose_statistics
 from demp.core.schedules import make_schedule
 from demp.core.surgery import RemovalReport
 from demp.errors import DempError
@@ -196,7 +199,7 @@ class Run:
         self.method.setup(MethodContext(
             model=self.model, optimizer=self.optimizer, example_inputs=self.example, probe=self.data.probe,
             total_steps=self.total_steps, train_batches=self.data.score_batches, loss_fn=self.criterion,
-            seed=cfg.seed))
+            seed=cfg.seed, calib_batches=cfg.data.calib_batches))
         if ckpt is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -306,6 +309,7 @@ class Run:
     def finish(self) -> dict:
         """Final removal, final evaluation, exported model and summary.json."""
         self.timed(self.method.finish)
+        statistics = self._settle_statistics()
         final: dict = {}
         self.evaluate(final)
         a, s = self.arch, self.state
@@ -321,11 +325,24 @@ class Run:
                  "optimizer": c.optim.name, "lr": c.optim.lr,
                  "seed": c.seed, "model": c.model.name, "width": c.model.width, "dataset": c.data.name,
                  "batch_size": c.train.batch_size, "world_size": self.world.size,
-                 "global_batch": c.train.batch_size, "speed": self.speed.record(), "run_dir": str(self.run_dir)}
+                 "global_batch": c.train.batch_size, "speed": self.speed.record(),
+                 "bn_statistics": statistics, "run_dir": str(self.run_dir)}
         summary = self.world.same(run_summary(s.initial, a, final, asdict(s), about))   # rank 0's, written
         if self.world.main:
             atomic_write_json(self.run_dir / SUMMARY_NAME, summary)
         return summary
+
+    def _settle_statistics(self) -> Optional[dict]:
+        """Keep the BatchNorm statistics that serve the probe better (trained or re-estimated)."""
+        if not self.cfg.train.final_statistics:
+            return None
+        t = time.perf_counter()
+        choice = choose_statistics(self.model, self.data.probe, self.data.score_batches(self.cfg.data.calib_batches))
+        self.state.wall_s += time.perf_counter() - t
+        if choice.kept == "re-estimated":
+            log.info("BatchNorm statistics re-estimated for the final network (probe %s %.4f -> %.4f)",
+                     choice.criterion, choice.trained, choice.reestimated)
+        return asdict(choice)
 
     def _knob_name(self) -> Optional[str]:
         """The setting ``knob`` holds (a sweep varies it): reg_peak, target_units, target..."""

@@ -10,7 +10,10 @@ that traces works, and all units of a site cost the same.
 A norm layer *gates* a site when its output channels are the site's pre-activations through
 element-wise operations only (a residual addition included): shrinking that scale can kill
 the unit, so only gating scales are penalised.  A LayerNorm before attention or an FFN gates
-nothing and is left alone.
+nothing and is left alone.  Where no norm gates a site (a transformer FFN, a conv without
+norm), the layers that produce its pre-activations directly are its *producers* and the
+layers that read its units one input channel each are its *consumers*: a unit's weights in
+both are what the penalty shrinks instead (``demp.core.regulariser``, the unit groups).
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ class SiteCost:
     flops: float                    # forward FLOPs (per example) saved by removing one unit
     params: float                   # parameters removed with one unit
     norms: tuple[nn.Module, ...]    # norm layers whose scales gate the site's units
+    producers: tuple[nn.Module, ...] = ()   # without norms: the conv/linear layers feeding it directly
+    consumers: tuple[nn.Module, ...] = ()   # ... and those reading its units, one input channel each
 
     def cost(self, measure: str) -> float:
         return 1.0 if measure == "uniform" else float(getattr(self, measure))
@@ -52,9 +57,11 @@ def norm_width(m: nn.Module) -> Optional[int]:
     return shape[0] if len(shape) == 1 else None
 
 
-def _gating_norms(node: Any, sites: set, width: int) -> tuple[nn.Module, ...]:
-    """Norm layers reached backwards from a site through element-wise ops only, of its width."""
-    found: list[nn.Module] = []
+def _gates(node: Any, sites: set, width: int) -> tuple[tuple[nn.Module, ...], tuple[nn.Module, ...]]:
+    """Norm layers, and conv/linear layers, reached backwards from a site through element-wise
+    ops only, of the site's width: (norms, producers); producers only where no norm is found."""
+    norms: list[nn.Module] = []
+    layers: list[nn.Module] = []
     stack, seen = list(node.inputs), set()
     while stack:
         n = stack.pop()
@@ -63,17 +70,34 @@ def _gating_norms(node: Any, sites: set, width: int) -> tuple[nn.Module, ...]:
         seen.add(n)
         m = n.module
         if isinstance(m, NORM_TYPES):
-            if norm_width(m) == width and m not in found:
-                found.append(m)
+            if norm_width(m) == width and m not in norms:
+                norms.append(m)
+        elif isinstance(m, _LAYERS):
+            if (_layer_channels(m, consumer=False) == width and not getattr(m, "transposed", False)
+                    and m not in layers):
+                layers.append(m)
         elif tp_compat.node_kind(n) == "elementwise" and tp_compat.op_name(n) in _PASS_THROUGH:
             stack.extend(n.inputs)
-    return tuple(found)
+    return tuple(norms), (() if norms else tuple(layers))
 
 
 def _layer_channels(m: nn.Module, consumer: bool) -> int:
     if isinstance(m, nn.Linear):
         return m.in_features if consumer else m.out_features
     return m.in_channels if consumer else m.out_channels
+
+
+def _consumers(dg: Any, items: list, width: int) -> tuple[nn.Module, ...]:
+    """Conv/linear layers (ungrouped) that read the group's channel 0 as exactly one input
+    channel of the site's width (no flatten or concatenation in between)."""
+    out = []
+    for it in items:
+        m = it.node.module
+        if (isinstance(m, _LAYERS) and tp_compat.is_in_channel_fn(dg, it.handler) and len(it.idxs) == 1
+                and _layer_channels(m, consumer=True) == width and getattr(m, "groups", 1) == 1
+                and not getattr(m, "transposed", False) and m not in out):
+            out.append(m)
+    return tuple(out)
 
 
 def _norm_channel_params(m: nn.Module) -> float:
@@ -115,16 +139,19 @@ def site_costs(model: nn.Module, example_inputs: Any,
         except Exception:  # noqa: BLE001 - a graph torch-pruning cannot map: no cost known
             items = []
         f, p = _unit_cost(dg, items, flops)
-        out[name] = SiteCost(width, f, p, _gating_norms(node, site_nodes, width))
+        norms, producers = _gates(node, site_nodes, width)
+        consumers = _consumers(dg, items, width) if producers else ()
+        out[name] = SiteCost(width, f, p, norms, producers, consumers)
     return out
 
 
 def unit_weights(costs: Mapping[str, SiteCost], measure: str, power: float) -> dict[str, float]:
     """Per-site weight of a unit's penalty: cost ** power, normalised to a mean of 1 over the
-    units of gated sites (so a uniform strength means the same for every measure)."""
+    units of penalised sites (gated by norms or fed by producers), so a uniform strength means
+    the same for every measure."""
     if measure not in COST_MEASURES:
         raise ValueError(f"unknown cost measure {measure!r}; choose one of {COST_MEASURES}")
-    gated = {n: c for n, c in costs.items() if c.norms}
+    gated = {n: c for n, c in costs.items() if c.norms or c.producers}
     raw = {n: c.cost(measure) ** power if c.cost(measure) > 0 else 0.0 for n, c in gated.items()}
     units = sum(c.width for c in gated.values())
     mean = sum(raw[n] * c.width for n, c in gated.items()) / units if units else 0.0

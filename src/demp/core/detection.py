@@ -79,17 +79,33 @@ def _site_names(calls: Sequence[SiteCall]) -> list[str]:
     return names
 
 
+def _out_of_place(func, args: tuple, kwargs: dict) -> tuple[Any, tuple, dict]:
+    """The out-of-place form of an in-place ReLU-family call (``relu_``, ``inplace=True``)."""
+    if func in (F.relu_, torch.relu_, torch.Tensor.relu_):
+        return torch.relu, args[:1], {}
+    if func in (F.relu, F.relu6, F.hardtanh):
+        kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
+        positional = 3 if func is F.hardtanh else 1       # inplace is hardtanh's 4th, relu's 2nd argument
+        return func, args[:positional], kwargs
+    return func, args, kwargs
+
+
 class SiteTracer(TorchFunctionMode):
     """Sees every ReLU call of ``model``'s forward and hands its output to ``on_site``.
 
     ``on_site(call, output)`` may return a tensor to use instead of the output (used for
-    gates by the baselines).  ``calls`` lists the calls of the last forward pass.
+    gates by the baselines).  ``calls`` lists the calls of the last forward pass.  With
+    ``out_of_place`` an in-place ReLU runs out of place: for tracing the dependency graph,
+    where autograd would otherwise record an in-place ReLU on a Linear's 3-D output as a
+    rewrite of that output (CopySlices), hiding the layer that produced it.
     """
 
-    def __init__(self, model: nn.Module, on_site: Callable[[SiteCall, torch.Tensor], Any]):
+    def __init__(self, model: nn.Module, on_site: Callable[[SiteCall, torch.Tensor], Any],
+                 out_of_place: bool = False):
         super().__init__()
         self.model = model
         self.on_site = on_site
+        self.out_of_place = out_of_place
         self.calls: list[SiteCall] = []
         self._stack: list[tuple[str, nn.Module]] = []
         self._last_leaf: Optional[nn.Module] = None
@@ -155,6 +171,8 @@ class SiteTracer(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.out_of_place and _is_relu_call(func, args, kwargs):
+            func, args, kwargs = _out_of_place(func, args, kwargs)
         out = func(*args, **kwargs)
         self._note_producer(func, out)
         if _is_relu_call(func, args, kwargs) and isinstance(out, torch.Tensor) and out.dim() >= 2:
@@ -208,6 +226,13 @@ def check_device(model: nn.Module, x: Any, what: str = "input") -> None:
                             f"move it with .to('{dev}') first")
 
 
+def check_model_device(model: nn.Module) -> None:
+    """Refuse a model on the meta device (it has shapes but no values to run)."""
+    if model_device(model).type == "meta":
+        raise DempError("the model is on the meta device (it has no values); load or initialise "
+                        "its weights and move it to a real device first")
+
+
 def call_model(model: nn.Module, x: Any) -> Any:
     """Run the model on an input tensor, a tuple of positional inputs or a dict of keyword inputs."""
     if isinstance(x, dict):
@@ -257,10 +282,20 @@ def scan_units(model: nn.Module, batches: Iterable[Any], eps: Sequence[float] = 
         for batch in batches:
             x = batch_input(batch)
             if n == 0:
+                check_model_device(model)
                 check_device(model, x, "probe batch")
             tracer.reset()
             sums.clear()
-            call_model(model, x)
+            try:
+                call_model(model, x)
+            except DempError:
+                raise
+            except Exception as e:
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise DempError(f"{type(model).__name__} cannot run on probe batch {n} (input {shape}): "
+                                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; give probe "
+                                "batches of the inputs the model trains on (tensors, or (input, target) "
+                                "pairs)") from None
             if n == 0:
                 if not tracer.calls:
                     raise DempError(f"{type(model).__name__} has no ReLU site (nn.ReLU, F.relu, "

@@ -28,14 +28,14 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
 
 from demp.core import regulariser
-from demp.core.batchnorm import recalibrated
+from demp.core.batchnorm import StatisticsChoice, choose_statistics, recalibrated
 from demp.core.budget import BudgetController
 from demp.core.costs import COST_MEASURES, SiteCost, site_costs, unit_weights
 from demp.core.detection import UnitScan, check_inputs, list_sites, scan_units
@@ -43,7 +43,7 @@ from demp.core.distributed import agree_any, agree_dead, check_same_widths
 from demp.core.flops import forward_flops
 from demp.core.noise import NOISE_MODES, NoiseInjector
 from demp.core.schedules import SCHEDULES, Schedule, make_schedule
-from demp.core.surgery import RemovalReport, remove_units
+from demp.core.surgery import RemovalReport, planned_removal, remove_units
 from demp.core.utils import count_params, model_device
 from demp.errors import DempError
 
@@ -65,7 +65,8 @@ class DemPConfig:
     schedule: str = "one_cycle"
     reg_span: float = 1.0                 # fraction of training the schedules cover
     reg_form: str = "l1"
-    reg_target: str = "norm_scales"
+    reg_target: str = "gates"             # gating norm scales (rows where no norm gates) | norm_scales
+                                          # (every scale: the paper) | all_weights
     noise_mode: str = "live"
     noise_every: int = 4                  # noise every k steps with sigma*sqrt(k) (1: the paper; 4 keeps
                                           # the random-walk variance at a quarter of the cost)
@@ -119,8 +120,8 @@ class DemPConfig:
              f"budget_tolerance must be a fraction in [0, 0.5), got {self.budget_tolerance}"),
             (self.penalty_weights in COST_MEASURES,
              f"unknown penalty_weights '{self.penalty_weights}'; choose one of {', '.join(COST_MEASURES)}"),
-            (self.penalty_weights == "uniform" or self.reg_target == "norm_scales",
-             "penalty_weights other than 'uniform' weight the norm scales: use reg_target 'norm_scales'"),
+            (self.penalty_weights == "uniform" or self.reg_target == "gates",
+             "penalty_weights other than 'uniform' weight what gates each unit: use reg_target 'gates'"),
             (self.cost_power >= 0, f"cost_power must be >= 0 (0: uniform), got {self.cost_power}"),
             (self.check_share is None or 0 < self.check_share < 1,
              f"check_share must be a fraction of the elapsed time in (0, 1), or null, got {self.check_share}"),
@@ -214,6 +215,8 @@ class DemonPruner:
         self._clock: Optional[float] = None   # time of the first step() (check spacing)
         self._check_spent = 0.0            # seconds spent in dead checks and removals
         self._last_check_s = 0.0
+        self.final_statistics: Optional[StatisticsChoice] = None   # set by finish()
+        self._group_reference: dict[str, float] = {}   # per ungated site: mean unit norm when first seen
         self._refresh_params()
         self.widths: dict[str, int] = {n: sc.width for n, sc in self.costs.items()}
         self.dead_kept: dict[str, int] = {}
@@ -278,12 +281,20 @@ class DemonPruner:
         """lambda_t * sum(w * form(p)) over the regularised parameters; add it to the task loss."""
         lam = self.lam
         self._penalty_scale = lam
-        if lam == 0 or not self._reg_params:
+        if lam == 0 or not (self._reg_params or self._groups):
             return torch.zeros((), device=model_device(self.model))
         total = regulariser.penalty(self._reg_params, self.config.reg_form, self._coeffs(lam, self._reg_weights))
         if self.config.shift_push and self._shift_pairs:
             coeffs = self._coeffs(lam * self.config.shift_push, self._shift_weights)
             total = total + regulariser.shift_push(self._shift_pairs, self.config.silenced_below, coeffs)
+        return total + self._group_terms(lam) if self._groups else total
+
+    def _group_terms(self, lam: float) -> torch.Tensor:
+        """The group L1 on the weights of ungated sites' units, and their bias push."""
+        total = regulariser.group_penalty(self._groups, self._coeffs(lam, self._group_weights))
+        if self.config.shift_push:
+            coeffs = self._coeffs(lam * self.config.shift_push, self._group_weights)
+            total = total + regulariser.bias_push(self._groups, self.config.silenced_below, coeffs)
         return total
 
     @torch.no_grad()
@@ -293,7 +304,7 @@ class DemonPruner:
         gradients carry at this point (an AMP loss scale, 1/k with k accumulated batches)."""
         lam = self.lam
         self._penalty_scale = lam
-        if lam == 0 or not self._reg_params:
+        if lam == 0 or not (self._reg_params or self._groups):
             return
         params, grads = self._penalty_grads(lam * grad_scale)
         for p, g in zip(params, grads):
@@ -311,6 +322,12 @@ class DemonPruner:
             params += [shift for _, shift in self._shift_pairs]
             grads += regulariser.shift_push_grad(self._shift_pairs, self.config.silenced_below,
                                                  self._coeffs(scale * self.config.shift_push, self._shift_weights))
+        if self._groups:
+            reached = regulariser.group_params(self._groups)
+            with torch.enable_grad():
+                found = torch.autograd.grad(self._group_terms(scale), reached, allow_unused=True)
+            params += reached
+            grads += [torch.zeros_like(p) if g is None else g for p, g in zip(reached, found)]
         return params, grads
 
     def step(self, loss: Optional[torch.Tensor] = None) -> Optional[RemovalReport]:
@@ -347,14 +364,21 @@ class DemonPruner:
         elapsed = clock() - (self._clock if self._clock is not None else clock())
         return agree_any(self._check_spent + self._last_check_s <= share * elapsed)
 
-    def finish(self) -> Optional[RemovalReport]:
+    def finish(self, statistics: bool = True) -> Optional[RemovalReport]:
         """Final dead check and removal, so the reported accuracy is the pruned network's.
 
-        A budget that is not met by now is reported with a warning.
+        With ``statistics`` (and ``recalibrate``), the BatchNorm statistics the pruned network
+        keeps are the better of the trained ones and ones re-estimated on the calibration
+        batches, judged on the probe (``demp.core.batchnorm.choose_statistics``; the choice is
+        in ``final_statistics``).  A budget that is not met by now is reported with a warning.
         """
         report = self.prune() if self.config.final_prune and not self.budget_done else None
         if self.budget and not self.budget.met:
             self._warn_short("the run ended")
+        if statistics and self.config.recalibrate:
+            self.final_statistics = choose_statistics(
+                self.model, self._take(self.probe, self.config.probe_batches),
+                self._take(self.calibration, self.config.calib_batches))
         return report
 
     @property
@@ -409,11 +433,11 @@ class DemonPruner:
             return 1 - units / self.initial["units"]
         return 1 - self._flops() / max(1, self.initial["flops"])
 
-    def _removable(self, scan: UnitScan) -> dict[str, int]:
-        """How many of each site's dead units may go: all, or with ``round_to`` r as many as keep
-        the width a multiple of r (and at least r; dead units beyond stay, inert)."""
+    def _removable(self, candidates: dict[str, torch.Tensor]) -> dict[str, int]:
+        """How many of each site's candidate units may go: all, or with ``round_to`` r as many as
+        keep the width a multiple of r (and at least r; dead units beyond stay, inert)."""
         r, out = self.config.round_to, {}
-        for name, mask in scan.dead.items():
+        for name, mask in candidates.items():
             width, dead = mask.numel(), int(mask.sum())
             keep = width - dead if r <= 1 else min(width, max(r, -(-(width - dead) // r) * r))
             out[name] = width - keep
@@ -463,11 +487,17 @@ class DemonPruner:
         scan.dead = agree_dead(scan.dead)
         t1 = clock()
         units, params = scan.units, count_params(self.model)
-        counts = self._removable(scan)
-        if self.budget and scan.dead_units:
-            counts = self._within_budget(scan, units, counts)
-        dead = {n: torch.zeros_like(m).index_fill_(0, m.nonzero().flatten()[:counts[n]], True)
-                for n, m in scan.dead.items()}
+        dead = scan.dead
+        if scan.dead_units and (self.budget or self.config.round_to > 1):
+            # choose among the units surgery can take (not those tied to live ones), so that a
+            # budget or rounded widths are spent on units that really go
+            dead = planned_removal(self.model, scan.dead, self.example_inputs,
+                                   min_units=self.config.min_units, pruners=self.pruners)
+            counts = self._removable(dead)
+            if self.budget:
+                counts = self._within_budget(scan, units, counts)
+            dead = {n: torch.zeros_like(m).index_fill_(0, m.nonzero().flatten()[:counts[n]], True)
+                    for n, m in dead.items()}
         if any(bool(m.any()) for m in dead.values()):
             report = remove_units(self.model, dead, self.example_inputs, self.optimizer,
                                   min_units=self.config.min_units, pruners=self.pruners)
@@ -517,14 +547,25 @@ class DemonPruner:
         self._noise_params = [p for p in self.model.parameters() if p.requires_grad]
         weights = unit_weights(self.costs, c.penalty_weights, c.cost_power)
         gate: dict[nn.Module, float] = {}
+        groups: list[tuple[regulariser.UnitGroup, float]] = []
         for name, sc in self.costs.items():
-            for norm in sc.norms:
-                gate[norm] = max(gate.get(norm, 0.0), weights.get(name, 1.0))
-        if c.reg_target == "norm_scales":
+            for m in sc.norms:
+                gate[m] = max(gate.get(m, 0.0), weights.get(name, 1.0))
+            if sc.producers and all(m.weight.requires_grad for m in sc.producers):
+                group = regulariser.UnitGroup(sc.producers, sc.consumers)
+                with torch.no_grad():
+                    reference = self._group_reference.setdefault(name, float(regulariser.unit_norms(group).mean()))
+                groups.append((replace(group, reference=reference), weights.get(name, 1.0)))
+        device = model_device(self.model)
+        self._groups: list[regulariser.UnitGroup] = []
+        self._group_weights = torch.zeros(0, dtype=torch.float64, device=device)
+        if c.reg_target == "gates":
             scales = {id(m.weight): (m.weight, w) for m, w in gate.items()
                       if isinstance(m.weight, nn.Parameter) and m.weight.requires_grad}
             self._reg_params = [p for p, _ in scales.values()]
-            self._reg_weights = torch.tensor([w for _, w in scales.values()], dtype=torch.float64)
+            weight_list = [w for _, w in scales.values()]
+            self._groups = [g for g, _ in groups]
+            self._group_weights = torch.tensor([w for _, w in groups], dtype=torch.float64, device=device)
             idle = [n for n, m in self.model.named_modules() if isinstance(m, regulariser.NORM_TYPES)
                     and m not in gate and isinstance(m.weight, nn.Parameter)]
             if idle:
@@ -532,14 +573,13 @@ class DemonPruner:
                            f"{' ...' if len(idle) > 3 else ''}): their scales are not penalised")
         else:
             self._reg_params = regulariser.regularised_params(self.model, c.reg_target)
-            self._reg_weights = torch.ones(len(self._reg_params), dtype=torch.float64)
+            weight_list = [1.0] * len(self._reg_params)
+            gate = {m: 1.0 for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        self._reg_weights = torch.tensor(weight_list, dtype=torch.float64, device=device)
         allowed = {id(g) for g, _ in regulariser.shift_pairs(self.model)}
         kept = {id(m.weight): (m.weight, m.bias, w) for m, w in gate.items() if id(m.weight) in allowed}
         self._shift_pairs = [(g, b) for g, b, _ in kept.values()]
-        self._shift_weights = torch.tensor([w for _, _, w in kept.values()], dtype=torch.float64)
-        device = model_device(self.model)
-        self._reg_weights = self._reg_weights.to(device)
-        self._shift_weights = self._shift_weights.to(device)
+        self._shift_weights = torch.tensor([w for _, _, w in kept.values()], dtype=torch.float64, device=device)
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
@@ -548,6 +588,7 @@ class DemonPruner:
                 "history": [asdict(e) for e in self.history], "widths": dict(self.widths),
                 "dead_kept": dict(self.dead_kept), "config": asdict(self.config),
                 "total_steps": self.total_steps, "initial": dict(self.initial),
+                "group_reference": dict(self._group_reference),
                 "budget": self.budget.state_dict() if self.budget else None}
 
     def load_state_dict(self, state: dict) -> None:
@@ -572,6 +613,9 @@ class DemonPruner:
         self.widths = widths or self.widths
         self.dead_kept = dict(state.get("dead_kept", {}))
         self.initial = dict(state.get("initial", {})) or self.initial
+        if state.get("group_reference"):
+            self._group_reference = dict(state["group_reference"])
+            self._refresh_params()
         if self.budget and state.get("budget"):
             self.budget.load_state_dict(state["budget"])
 

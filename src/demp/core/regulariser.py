@@ -1,19 +1,22 @@
 """The sparsity penalty DemP adds to the task loss (docs/method.md, "The regulariser").
 
 The published method uses ``l1`` on normalisation scales (BatchNorm/LayerNorm/GroupNorm
-weights); the other forms and the ``all_weights`` target serve the ablations.  Besides the
+weights, ``norm_scales``); demp's default ``gates`` penalises only the scales that gate a ReLU
+site, and where no norm gates a site, the rows of the layer producing it (a group L1, the
+``row_*`` functions); the other forms and the ``all_weights`` target serve the ablations.  Besides the
 penalty itself, ``penalty_grad`` gives its exact gradient so that callers can remove the
 penalty's share from ``p.grad`` and see which entries got gradient from the task loss alone.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
 REG_FORMS = ("l1", "l2", "l1_pos", "l2_pos")
-REG_TARGETS = ("norm_scales", "all_weights")
+REG_TARGETS = ("gates", "norm_scales", "all_weights")
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
@@ -45,10 +48,11 @@ def norm_scale_params(model: nn.Module) -> list[nn.Parameter]:
 
 
 def regularised_params(model: nn.Module, target: str) -> list[nn.Parameter]:
-    """The parameters the penalty applies to: norm scales, or all matrices/kernels plus them."""
+    """The parameters the penalty applies to: every norm scale, or all matrices/kernels plus
+    them (``gates`` depends on the graph: ``demp.core.costs`` and the pruner decide it)."""
     _check("target", target, REG_TARGETS)
     scales = norm_scale_params(model)
-    if target == "norm_scales":
+    if target in ("gates", "norm_scales"):
         return scales
     scale_ids = {id(p) for p in scales}
     return _unique_trainable([p for p in model.parameters() if p.dim() > 1 or id(p) in scale_ids])
@@ -143,3 +147,68 @@ def shift_push_grad(pairs: list[tuple[nn.Parameter, nn.Parameter]], below: float
     ``shift_push(pairs, below, coeffs=scale)`` (a tensor), for each pair's shift."""
     factors = list(scale.unbind()) if isinstance(scale, torch.Tensor) else [scale] * len(pairs)
     return [silenced(gamma, below).to(shift.dtype) * f for (gamma, shift), f in zip(pairs, factors)]
+
+
+
+# ---------------------------------------------------------------- units no norm gates
+# Where no norm gates a ReLU site (a transformer FFN, a convolution without norm) the penalty is
+# a group L1 over each unit's own weights: its row (and bias) in every layer producing it and its
+# column in every layer reading it.  Rows alone would not do: shrinking them while the reading
+# layer grows leaves the function unchanged (seen on an FFN: every row shrank 300x, no unit
+# died).  A unit near zero outputs the constant relu(bias); the bias push walks the bias of such
+# silenced units down until they are dead, like the shift push.  The gradients of these terms
+# come from autograd (``torch.autograd.grad`` on them alone), bit-identical to what the loss's
+# backward adds.
+
+_GROUP_EPS = 1e-16
+"""Inside the square root of a unit's norm, so its gradient stays finite at all-zero weights."""
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """The layers holding the weights of one ungated site's units."""
+    producers: tuple[nn.Module, ...]       # output channel c is unit c
+    consumers: tuple[nn.Module, ...] = ()  # input channel c is unit c
+    reference: float = 0.0                 # the site's mean unit norm when first seen (bias push)
+
+
+def unit_norms(group: UnitGroup) -> torch.Tensor:
+    """L2 norm of each unit's weights: producer rows and biases, consumer columns."""
+    squares = None
+    for m in group.producers:
+        sq = m.weight.flatten(1).pow(2).sum(1)
+        if m.bias is not None:
+            sq = sq + m.bias.pow(2)
+        squares = sq if squares is None else squares + sq
+    for m in group.consumers:
+        squares = squares + m.weight.transpose(0, 1).flatten(1).pow(2).sum(1)
+    return (squares + _GROUP_EPS).sqrt()
+
+
+def group_penalty(groups: list[UnitGroup], coeffs: torch.Tensor) -> torch.Tensor:
+    """Sum over groups of ``coeffs[i]`` times the sum of its unit norms (a 0-dim tensor)."""
+    if not groups:
+        return torch.zeros(())
+    return (torch.stack([unit_norms(g).sum() for g in groups]) * coeffs).sum()
+
+
+def bias_push(groups: list[UnitGroup], below: float, coeffs: torch.Tensor) -> torch.Tensor:
+    """Sum over groups of ``coeffs[i]`` times the producer biases of its silenced units (norm
+    below ``below`` times the group's reference norm)."""
+    terms = []
+    for g, c in zip(groups, coeffs.unbind()):
+        quiet = unit_norms(g).detach() < below * g.reference
+        terms += [(m.bias * quiet).sum() * c for m in g.producers if m.bias is not None]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def group_params(groups: list[UnitGroup]) -> list[nn.Parameter]:
+    """The parameters the unit groups reach (each once)."""
+    seen, out = set(), []
+    for g in groups:
+        for m in (*g.producers, *g.consumers):
+            for p in (m.weight, m.bias if m in g.producers else None):
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+    return out

@@ -19,7 +19,8 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from demp.core import tp_compat
-from demp.core.detection import SiteTracer, call_model, check_device, check_inputs, list_sites
+from demp.core.detection import (SiteTracer, call_model, check_device, check_inputs, check_model_device,
+                                 list_sites)
 from demp.core.skip import ChannelSelect, ChannelSelectPruner
 from demp.core.tp_compat import GroupItem, Slicer, node_kind, op_name
 from demp.core.utils import count_params, eval_mode, kept_buffers, kept_modes, model_device
@@ -423,7 +424,7 @@ def build_graph(model: nn.Module, example_inputs: Any, pruners: Optional[Mapping
         grad_fns.append(out.grad_fn)
         widths.append(out.shape[call.channel_dim])
 
-    tracer = SiteTracer(model, on_site)
+    tracer = SiteTracer(model, on_site, out_of_place=True)
 
     def forward(m, x):
         with tracer:
@@ -616,16 +617,7 @@ def _attempt(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
     # one recording context for tracing and pruning: the graph binds the patched handlers
     with tp_compat.recording(on_replace):
         dg, site_nodes, widths = build_graph(model, example_inputs, opts.pruners)
-        if not widths:
-            raise DempError(f"{type(model).__name__} has no ReLU site (nn.ReLU, F.relu, torch.relu)")
-        masks = _validate_masks(dead, widths)
-        full = {n: masks.get(n, torch.zeros(w, dtype=torch.bool)) for n, w in widths.items()}
-        sites = {n: SiteRemoval(w, dead=int(full[n].sum())) for n, w in widths.items()}
-        for n in widths:
-            if n not in site_nodes:
-                _add_reason(sites[n], "its output does not reach the model output", sites[n].dead)
-        analysis = _Analysis(dg, site_nodes, full, opts.exact, opts.min_units, _shared_params(model))
-        plans, removed = _plan(analysis, full, sites)
+        plans, removed, sites, full = _analyse(model, dg, site_nodes, widths, dead, opts)
         if not plans:
             return sites, removed
         reference = (_outputs(model, example_inputs, [removed[n] & full[n] for n in widths])
@@ -637,6 +629,35 @@ def _attempt(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
             where = ", ".join(f"'{n}'" for n in widths if removed[n].any())
             raise _Refused(f"site(s) {where}", problem)
     return sites, removed
+
+
+def _analyse(model: nn.Module, dg: Any, site_nodes: dict[str, Any], widths: dict[str, int],
+             dead: Mapping[str, Any], opts: _Options) -> tuple[list, dict[str, torch.Tensor],
+                                                              dict[str, SiteRemoval], dict[str, torch.Tensor]]:
+    """The groups to prune, the units each site loses, the per-site record, and the masks."""
+    if not widths:
+        raise DempError(f"{type(model).__name__} has no ReLU site (nn.ReLU, F.relu, torch.relu)")
+    masks = _validate_masks(dead, widths)
+    full = {n: masks.get(n, torch.zeros(w, dtype=torch.bool)) for n, w in widths.items()}
+    sites = {n: SiteRemoval(w, dead=int(full[n].sum())) for n, w in widths.items()}
+    for n in widths:
+        if n not in site_nodes:
+            _add_reason(sites[n], "its output does not reach the model output", sites[n].dead)
+    analysis = _Analysis(dg, site_nodes, full, opts.exact, opts.min_units, _shared_params(model))
+    plans, removed = _plan(analysis, full, sites)
+    return plans, removed, sites, full
+
+
+def planned_removal(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any, *, min_units: int = 1,
+                    pruners: Optional[Mapping[Any, Any]] = None) -> dict[str, torch.Tensor]:
+    """The units ``remove_units`` would take out of ``dead`` (``{site: BoolTensor}``), found
+    without changing anything: dead units tied to live ones, or kept by width floors, are not in
+    it.  Lets a caller choose among units that can go (a budget, rounded widths)."""
+    _check_request(model, dead, example_inputs, None, min_units)
+    dg, site_nodes, widths = build_graph(model, example_inputs, pruners)
+    opts = _Options(min_units, exact=True, verify=False, train_check=False, pruners=dict(pruners or {}))
+    _, removed, _, full = _analyse(model, dg, site_nodes, widths, dead, opts)
+    return {n: removed[n] & full[n] for n in widths}
 
 
 def _retry_by_site(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
@@ -689,9 +710,7 @@ def _check_request(model: nn.Module, dead: Any, example_inputs: Any,
         raise DempError(f"min_units must be >= 1 (a layer may never reach zero width), got {min_units}")
     if not isinstance(dead, Mapping):
         raise DempError("dead must be a dict {site name: BoolTensor}, as returned by find_dead_units")
-    if model_device(model).type == "meta":
-        raise DempError("the model is on the meta device (it has no values); load or initialise "
-                        "its weights and move it to a real device first")
+    check_model_device(model)
     check_inputs(example_inputs, "example_inputs")
     check_device(model, example_inputs, "example_inputs")
     parametrized = [n for n, m in model.named_modules() if parametrize.is_parametrized(m)]

@@ -20,9 +20,10 @@ import torch
 try:
     import lightning.pytorch as pl
 except ImportError:  # pragma: no cover - depends on the environment
-    raise ImportError("demp.integrations.lightning needs Lightning: pip install 'demp[lightning]'") from None
+    raise ImportError("demp.integrations.lightning needs Lightning: pip install 'demp[lightning]' "
+                      "(from a checkout: pip install -e '.[lightning]')") from None
 
-from demp.app.export import module_shapes, resize_to
+from demp.core.persist import module_shapes, resize_to
 from demp.core.detection import batch_input
 from demp.core.pruner import DemonPruner, DemPConfig
 from demp.errors import DempError

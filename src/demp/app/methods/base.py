@@ -39,6 +39,7 @@ class MethodContext:
     train_batches: Callable[[int], list[Batch]]      # n -> n fixed augmented training batches
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     seed: int = 0
+    calib_batches: int = 8                           # batches for BatchNorm re-estimation (data.calib_batches)
 
 
 @dataclass
@@ -50,9 +51,12 @@ class DenseConfig:
 
 
 class Method:
-    """Base method: dense training (no penalty, no removal)."""
+    """Base of the training methods: every hook does nothing (no penalty, no removal).
 
-    name: ClassVar[str] = "dense"
+    A subclass gives its ``name`` and ``config_class`` and is added with ``register_method``.
+    """
+
+    name: ClassVar[str] = ""
     config_class: ClassVar[type] = DenseConfig
     knob: ClassVar[Optional[str]] = None            # the setting a sweep varies
     aliases: ClassVar[dict[str, str]] = {}          # extra key -> settings field
@@ -100,17 +104,26 @@ class Method:
         pass
 
 
-METHODS: dict[str, type[Method]] = {"dense": Method}
+METHODS: dict[str, type[Method]] = {}
+"""Registered methods by name (``demp.app.methods`` imports each method module explicitly)."""
 
 
 def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator adding a method under its ``name``."""
+    """Class decorator adding a method under its ``name``; a missing or taken name is refused."""
+    if not cls.name:
+        raise DempError(f"method class {cls.__qualname__} has no name; set `name = \"...\"`")
+    other = METHODS.get(cls.name)
+    if other is not None and other is not cls:
+        raise DempError(f"method name '{cls.name}' of {cls.__qualname__} is already taken by "
+                        f"{other.__qualname__}")
     METHODS[cls.name] = cls
     return cls
 
 
-def _load_all() -> None:
-    from demp.app.methods import baselines, count, demp  # noqa: F401  (register themselves)
+@register_method
+class Dense(Method):
+    """Dense training: the reference every pruning method is compared with."""
+    name = "dense"
 
 
 def canonical_name(name: str, valid: Iterable[str], what: str) -> str:
@@ -130,7 +143,6 @@ def canonical_name(name: str, valid: Iterable[str], what: str) -> str:
 
 def method_class(name: str) -> type[Method]:
     """The registered method class called ``name``."""
-    _load_all()
     return METHODS[canonical_name(name, sorted(METHODS), "method.name")]
 
 

@@ -24,7 +24,8 @@ class DemPMethod(Method):
 
     def setup(self, ctx: MethodContext) -> None:
         super().setup(ctx)
-        calibration = ctx.train_batches(self.config.calib_batches or 8) if self.config.recalibrate else None
+        calibration = (ctx.train_batches(self.config.calib_batches or ctx.calib_batches)
+                       if self.config.recalibrate else None)
         self.pruner = self.pruner_class(ctx.model, ctx.optimizer, ctx.example_inputs, ctx.total_steps,
                                         ctx.probe, calibration=calibration,
                                         config=replace(self.config, seed=ctx.seed))
@@ -36,7 +37,7 @@ class DemPMethod(Method):
         return self.pruner.step(loss)
 
     def finish(self) -> Optional[RemovalReport]:
-        return self.pruner.finish()
+        return self.pruner.finish(statistics=False)   # the loop settles the statistics for every method
 
     def log_values(self) -> dict[str, Any]:
         return self.pruner.log_values()
