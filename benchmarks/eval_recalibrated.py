@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from demp.app.config import load_config
-from demp.app.data import load_run_data
 from demp.app.export import load_run_model
 from demp.app.measure import evaluate
+from demp.app.run_data import load_run_data
 from demp.app.training import Speed
 
 

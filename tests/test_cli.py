@@ -1,4 +1,5 @@
-"""The demp command: a real train from the shell, export, and one-line errors with exit code 2."""
+"""The demp command: a real train from the shell, export, report's output folder, and one-line
+errors with exit code 2."""
 import os
 import shutil
 import subprocess
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from demp.cli import delegate, main
+from demp.cli import build_parser, cmd_report, delegate, main
+from demp.errors import DempError
+from test_results import sweep  # noqa: F401 - a fixture
 from test_training import TINY
 
 DEMP = shutil.which("demp", path=str(Path(sys.executable).parent)) or "demp"
@@ -75,9 +78,9 @@ def test_resume_refusals(cli_run, tmp_path, capsys):
 
 def test_missing_subcommand_module_is_a_clear_error(capsys):
     import argparse
-    from demp import DempError
-    with pytest.raises(DempError, match="'demp report' is not available: this installation has no demp.no_such"):
-        delegate("no_such", "report_main")(argparse.Namespace(command="report"))
+    with pytest.raises(DempError, match="'demp report' is not available: this installation has no "
+                                        "demp.experiments.no_such"):
+        delegate("no_such", cmd_report)(argparse.Namespace(command="report"))
 
 
 def test_help_lists_the_subcommands():
@@ -88,12 +91,31 @@ def test_help_lists_the_subcommands():
         assert command in result.stdout
 
 
-def test_subcommand_without_its_module_still_parses():
-    import argparse
-    from demp.cli import declare_args
-    parser = argparse.ArgumentParser()
-    declare_args(parser, "no_such", "add_args")
-    assert parser.parse_args(["a", "--b"]).args == ["a", "--b"]
+def test_subcommands_parse_without_loading_the_experiments():
+    """The arguments of report, sweep and study are the CLI's own: parsing them imports neither
+    torch nor demp.experiments."""
+    code = ("import sys; from demp.cli import build_parser; p = build_parser(); "
+            "p.parse_args(['report', 'a', 'b', '--plot-runs', '']); "
+            "p.parse_args(['sweep', 's.yaml', '--workers', '2', '--dry-run']); "
+            "a = p.parse_args(['study', 's.yaml', '--out', 'o', '--retry-failed']); "
+            "print(a.study, a.out, a.workers, a.retry_failed, 'torch' in sys.modules, "
+            "any(m.startswith('demp.experiments') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["s.yaml", "o", "1", "True", "False", "False"]
+
+
+def test_report_benchmark_dir_and_errors(sweep: Path, tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    parser = build_parser()
+    assert cmd_report(parser.parse_args(["report", str(sweep), "--benchmark", "fab", "--plot-runs", ""])) == 0
+    assert (tmp_path / "results" / "fab" / "summary.csv").is_file()
+    assert not (tmp_path / "results" / "fab" / "run_plots").exists()
+    assert "18 runs" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DempError, match="no finished run"):
+        cmd_report(parser.parse_args(["report", str(tmp_path / "empty")]))
+    with pytest.raises(DempError, match="not a folder"):
+        cmd_report(parser.parse_args(["report", str(tmp_path / "missing")]))
 
 
 def test_importing_demp_has_no_side_effects():

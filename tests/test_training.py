@@ -12,8 +12,8 @@ from demp.app import training
 from demp.app.config import available_methods, load_config
 from demp.app.methods.base import method_class, setting_keys
 from demp.app.training import lr_factor, train
-from demp.experiments.reporting import format_summary, read_jsonl
-from demp.experiments.study_report import death_checks
+from demp.experiments.results import death_checks, read_jsonl
+from demp.experiments.text import format_summary
 
 TINY = ["data.name=synthetic", "model.width=0.25", "train.batch_size=64", "train.epochs=2",
         "train.log_every=2", "method.prune_every=4", "method.reg_peak=0.05", "data.probe_size=256",
@@ -25,7 +25,7 @@ test_pruner and test_batchnorm)."""
 
 SUMMARY_KEYS = {"test_acc", "best_acc", "units_initial", "units_final", "units_remaining",
                 "params_initial", "params_final", "params_remaining", "fwd_flops_initial",
-                "fwd_flops_final", "train_flops", "wall_s", "eval_s", "prune_events", "method",
+                "fwd_flops_final", "train_flops", "wall_s", "eval_s", "prune_events", "method", "label",
                 "optimizer", "knob", "knob_name", "seed", "model", "dataset", "target", "speed"}
 STEP_KEYS = {"step", "epoch", "loss", "lr", "lam", "sigma", "units", "params", "fwd_flops", "wall_s"}
 EPOCH_KEYS = {"epoch", "test_acc", "test_loss", "train_loss", "units", "params", "live_units", "wall_s"}

@@ -12,9 +12,12 @@ import signal
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from demp.errors import DempError
+
+if TYPE_CHECKING:  # the experiments load torch: only when a command needs them
+    from demp.experiments.runner import Outcome
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -25,7 +28,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from demp.app.config import load_config
     from demp.app.rundir import CONFIG_NAME, default_run_dir
     from demp.app.training import train
-    from demp.experiments.reporting import format_summary
+    from demp.experiments.text import format_summary
     if args.resume:
         if not Path(args.resume).is_dir():
             raise DempError(f"--resume {args.resume}: no such folder; give the run folder of an earlier "
@@ -75,7 +78,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _optional_module(module: str) -> Optional[ModuleType]:
-    """``demp.<module>``, or None when this installation lacks it."""
+    """``demp.experiments.<module>``, or None when this installation lacks it."""
     try:
         return importlib.import_module(f"demp.experiments.{module}")
     except ModuleNotFoundError as e:
@@ -84,24 +87,89 @@ def _optional_module(module: str) -> Optional[ModuleType]:
         return None
 
 
-def declare_args(parser: argparse.ArgumentParser, module: str, function: str) -> None:
-    """Let ``demp.<module>.<function>(parser)`` declare a subcommand's arguments, if the module exists."""
-    mod = _optional_module(module)
-    if mod is None:
-        parser.add_argument("args", nargs=argparse.REMAINDER)
-    else:
-        getattr(mod, function)(parser)
-
-
-def delegate(module: str, function: str) -> Callable[[argparse.Namespace], int]:
-    """A subcommand run by ``demp.<module>.<function>(args)``; a clear error when the module is missing."""
+def delegate(module: str, command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A subcommand run by ``command(args)`` once ``demp.experiments.<module>`` is found; a clear
+    error when this installation lacks it."""
     def run(args: argparse.Namespace) -> int:
-        mod = _optional_module(module)
-        if mod is None:
+        if _optional_module(module) is None:
             raise DempError(f"'demp {args.command}' is not available: this installation has no "
-                            f"demp.{module} module")
-        return getattr(mod, function)(args) or 0
+                            f"demp.experiments.{module} module")
+        return command(args) or 0
     return run
+
+
+def add_report_args(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``demp report``."""
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="run folders, sweep folders holding run folders, or study folders")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: results/NAME with --benchmark, else the "
+                             "single folder given, else results/report)")
+    parser.add_argument("--benchmark", default=None, metavar="NAME",
+                        help="benchmark name: title of the report, output in results/NAME")
+    parser.add_argument("--plot-runs", default="*", metavar="GLOB",
+                        help="per-run plots for run folders whose name matches GLOB "
+                             "(default: every run; '' for none)")
+
+
+def report_out_dir(runs: Sequence[str], out: Optional[str], benchmark: Optional[str]) -> Path:
+    """Where ``demp report`` writes: --out, else results/NAME, else the single folder given."""
+    if out:
+        return Path(out)
+    if benchmark:
+        return Path("results") / benchmark
+    return Path(runs[0]) if len(runs) == 1 else Path("results") / "report"
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``demp report``: aggregate runs (or redraw death studies) and print where the files went."""
+    from demp.experiments.render import report, study_report
+    from demp.experiments.results import is_study, read_csv
+    studies = [Path(p) for p in args.run_dirs if is_study(Path(p))]
+    if studies:  # death studies have their own report, one per study folder
+        if len(studies) != len(args.run_dirs):
+            raise DempError("give either study folders (holding study.json) or run/sweep folders, not both")
+        for folder in studies:
+            out = Path(args.out) / folder.name if args.out and len(studies) > 1 else args.out
+            files = study_report(folder, out)
+            print(f"study {folder} -> {files['report.md']}, {len(files) - 2} plots")
+        return 0
+    out = report_out_dir(args.run_dirs, args.out, args.benchmark)
+    files = report(args.run_dirs, out, title=args.benchmark or "DemP report", plot_runs=args.plot_runs)
+    rows = len(read_csv(files["summary.csv"]))
+    print(f"{rows} runs -> {files['summary.csv']}, {files['report.md']}, "
+          f"{len(files) - 2} plots in {out}")
+    return 0
+
+
+def add_grid_args(parser: argparse.ArgumentParser, what: str, default_out: str) -> None:
+    """Arguments of ``demp sweep`` and ``demp study``: the file, its folder, workers, dry run, retries."""
+    parser.add_argument(what, metavar=f"{what.upper()}.yaml",
+                        help=f"{what} file (schema: python -m pydoc demp.experiments.spec)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs at once, each in its own process with cpu_count/N threads (default 1)")
+    parser.add_argument("--out", default=None, help=f"{what} folder (default: the file's out, else {default_out})")
+    parser.add_argument("--dry-run", action="store_true", help="print the planned runs and their state, run nothing")
+    parser.add_argument("--retry-failed", action="store_true", help="run again the runs that failed earlier")
+
+
+def exit_status(outcomes: Sequence[Outcome]) -> int:
+    """1 when a run of a sweep or study failed, else 0."""
+    return int(any(o.status == "failed" for o in outcomes))
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``demp sweep``: run a sweep's grid, its extra seeds, then its report."""
+    from demp.experiments.runner import run_sweep
+    return exit_status(run_sweep(args.sweep, out=args.out, workers=args.workers, dry_run=args.dry_run,
+                                 retry_failed=args.retry_failed))
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """``demp study``: run a death study, then its report."""
+    from demp.experiments.runner import run_study
+    return exit_status(run_study(args.study, out=args.out, workers=args.workers, dry_run=args.dry_run,
+                                 retry_failed=args.retry_failed))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,16 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="tables and plots from run folders")
-    declare_args(p, "reporting", "add_report_args")
-    p.set_defaults(func=delegate("reporting", "report_main"))
+    add_report_args(p)
+    p.set_defaults(func=delegate("render", cmd_report))
 
     p = sub.add_parser("study", help="how hyper-parameters make units die: a grid of runs that count dead units")
-    declare_args(p, "study", "add_study_args")
-    p.set_defaults(func=delegate("study", "study_main"))
+    add_grid_args(p, "study", "runs/studies/<name>")
+    p.set_defaults(func=delegate("runner", cmd_study))
 
     p = sub.add_parser("sweep", help="run a grid of training runs (resumable), then report")
-    declare_args(p, "sweep", "add_sweep_args")
-    p.set_defaults(func=delegate("sweep", "sweep_main"))
+    add_grid_args(p, "sweep", "runs/sweeps/<name>")
+    p.set_defaults(func=delegate("runner", cmd_sweep))
     return parser
 
 

@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from demp.app.data import DATASETS
 from demp.app.methods import METHODS, MethodConfig, method_class, setting_keys
 from demp.app.methods.base import canonical_name
 from demp.app.speed import AUTOCASTS, CHANNELS_LAST
@@ -138,7 +139,6 @@ def available_methods() -> list[str]:
 
 
 def _data_names() -> tuple[str, ...]:
-    from demp.app.data import DATASETS
     return (*DATASETS, "imagefolder")
 
 

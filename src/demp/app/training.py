@@ -27,7 +27,6 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from demp.app.checkpoint import save_checkpoint, set_rng_state
 from demp.core.atomic import atomic_write_json
 from demp.app.config import Config, config_to_dict
-from demp.app.data import Data, load_run_data
 from demp.app.distributed import NullLog, World, main_only_logging, training_forward
 from demp.app.export import architecture, build_pruned
 from demp.core.persist import save_pruned
@@ -35,6 +34,7 @@ from demp.app.measure import Arch, evaluate, live_units, run_summary
 from demp.app.methods import Method, MethodContext, create_method
 from demp.app.models import create_model
 from demp.app.speed import Speed
+from demp.app.run_data import Data, load_run_data
 from demp.app.rundir import (CHECKPOINT_NAME, METRICS_NAME, MODEL_NAME, SUMMARY_NAME, MetricsLog,
                              check_run_dir, check_tensorboard, default_run_dir, start_run_dir)
 from demp.core.batchnorm import choose_statistics
@@ -320,7 +320,7 @@ class Run:
             save_pruned(self.model, self.run_dir / MODEL_NAME)
         c = self.cfg
         about = {"steps": self.total_steps, "epochs": c.train.epochs,
-                 "method": c.method.name + (f"[{c.label}]" if c.label else ""),
+                 "method": c.method.name, "label": c.label,
                  "knob": self.method.knob_value(), "knob_name": self._knob_name(), **self._budget_summary(a),
                  "optimizer": c.optim.name, "lr": c.optim.lr,
                  "seed": c.seed, "model": c.model.name, "width": c.model.width, "dataset": c.data.name,

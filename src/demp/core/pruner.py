@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -37,7 +37,8 @@ import torch.nn as nn
 from demp.core import regulariser
 from demp.core.batchnorm import StatisticsChoice, choose_statistics, recalibrated
 from demp.core.budget import BudgetController
-from demp.core.costs import COST_MEASURES, SiteCost, site_costs, unit_weights
+from demp.core.costs import COST_MEASURES, SiteCost, site_costs
+from demp.core.penalty import Penalty, PenaltySettings
 from demp.core.detection import UnitScan, check_inputs, list_sites, scan_units
 from demp.core.distributed import agree_any, agree_dead, check_same_widths
 from demp.core.flops import forward_flops
@@ -191,6 +192,7 @@ class DemonPruner:
         check_inputs(example_inputs, "example_inputs")
         c = self.config
         self._callbacks: list[Callable[[RemovalReport], None]] = []
+        self._follow: list[dict] = []
         model = self._unwrap(model)
         _check_optimizer_owns(optimizer, model)
         self.model, self.optimizer = model, optimizer
@@ -237,6 +239,11 @@ class DemonPruner:
             return self._unwrap(inner)
         return model
 
+    def follow(self, mapping: dict) -> None:
+        """Slice ``mapping`` (parameter -> tensor shaped like it, e.g. sparsity masks) with its
+        parameters in every removal, all-or-nothing like the model and optimizer."""
+        self._follow.append(mapping)
+
     def on_removal(self, callback: Callable[[RemovalReport], None]) -> None:
         """Call ``callback(report)`` after every removal event (at once, on every rank alike).
 
@@ -273,29 +280,18 @@ class DemonPruner:
         """Noise standard deviation sigma_t at the current step (zero once a budget is settled)."""
         return 0.0 if self.budget_done else self.noise_schedule(self.step_count)
 
-    def _coeffs(self, lam: float, weights: torch.Tensor) -> torch.Tensor:
-        """lambda x each parameter's unit weight, one float32 rounding (so gradients are exact)."""
-        return (weights.double() * lam).to(torch.float32)
-
     def penalty(self) -> torch.Tensor:
-        """lambda_t * sum(w * form(p)) over the regularised parameters; add it to the task loss."""
+        """lambda_t * sum(w * form(p)) over the penalised parameters; add it to the task loss."""
         lam = self.lam
         self._penalty_scale = lam
-        if lam == 0 or not (self._reg_params or self._groups):
+        if lam == 0 or self._penalty.empty:
             return torch.zeros((), device=model_device(self.model))
-        total = regulariser.penalty(self._reg_params, self.config.reg_form, self._coeffs(lam, self._reg_weights))
-        if self.config.shift_push and self._shift_pairs:
-            coeffs = self._coeffs(lam * self.config.shift_push, self._shift_weights)
-            total = total + regulariser.shift_push(self._shift_pairs, self.config.silenced_below, coeffs)
-        return total + self._group_terms(lam) if self._groups else total
+        return self._penalty.value(lam)
 
-    def _group_terms(self, lam: float) -> torch.Tensor:
-        """The group L1 on the weights of ungated sites' units, and their bias push."""
-        total = regulariser.group_penalty(self._groups, self._coeffs(lam, self._group_weights))
-        if self.config.shift_push:
-            coeffs = self._coeffs(lam * self.config.shift_push, self._group_weights)
-            total = total + regulariser.bias_push(self._groups, self.config.silenced_below, coeffs)
-        return total
+    @property
+    def penalised(self) -> Penalty:
+        """What the penalty reaches now (parameters, weights, gradient); rebuilt after each removal."""
+        return self._penalty
 
     @torch.no_grad()
     def add_penalty_grad(self, grad_scale: float = 1.0) -> None:
@@ -304,31 +300,14 @@ class DemonPruner:
         gradients carry at this point (an AMP loss scale, 1/k with k accumulated batches)."""
         lam = self.lam
         self._penalty_scale = lam
-        if lam == 0 or not (self._reg_params or self._groups):
+        if lam == 0 or self._penalty.empty:
             return
-        params, grads = self._penalty_grads(lam * grad_scale)
+        params, grads = self._penalty.grads(lam * grad_scale)
         for p, g in zip(params, grads):
             if p.grad is None:
                 p.grad = g
             else:
                 p.grad.add_(g)
-
-    def _penalty_grads(self, scale: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The parameters the penalty reaches and its gradient on each, for lambda = ``scale``."""
-        params = list(self._reg_params)
-        grads = list(regulariser.penalty_grad(params, self.config.reg_form,
-                                              self._coeffs(scale, self._reg_weights)))
-        if self.config.shift_push and self._shift_pairs:
-            params += [shift for _, shift in self._shift_pairs]
-            grads += regulariser.shift_push_grad(self._shift_pairs, self.config.silenced_below,
-                                                 self._coeffs(scale * self.config.shift_push, self._shift_weights))
-        if self._groups:
-            reached = regulariser.group_params(self._groups)
-            with torch.enable_grad():
-                found = torch.autograd.grad(self._group_terms(scale), reached, allow_unused=True)
-            params += reached
-            grads += [torch.zeros_like(p) if g is None else g for p, g in zip(reached, found)]
-        return params, grads
 
     def step(self, loss: Optional[torch.Tensor] = None) -> Optional[RemovalReport]:
         """Call after optimizer.step(): noise, then (every prune_every steps) check and remove.
@@ -346,7 +325,7 @@ class DemonPruner:
         if sigma > 0 and self.step_count % k == 0:
             pen = None
             if self.config.noise_mode != "all" and self._penalty_scale > 0:
-                pen = dict(zip(*self._penalty_grads(self._penalty_scale)))
+                pen = dict(zip(*self._penalty.grads(self._penalty_scale)))
             self.noise.apply(self._noise_params, sigma * math.sqrt(k), pen)
         self._penalty_scale = 0.0
         report = None
@@ -500,7 +479,7 @@ class DemonPruner:
                     for n, m in dead.items()}
         if any(bool(m.any()) for m in dead.values()):
             report = remove_units(self.model, dead, self.example_inputs, self.optimizer,
-                                  min_units=self.config.min_units, pruners=self.pruners)
+                                  min_units=self.config.min_units, pruners=self.pruners, follow=self._follow)
             check_same_widths({n: r.width_after for n, r in report.sites.items()}, "after a removal")
             if report.units_removed:
                 self._refresh_params()
@@ -540,46 +519,18 @@ class DemonPruner:
         return {"lam": self.lam, "sigma": self.sigma}
 
     def _refresh_params(self) -> None:
-        """Re-read the costs, the penalised parameters and their weights (surgery replaces the
-        parameters it shrinks, and the costs change with the widths)."""
+        """Re-read the costs and the penalised parameters with their weights (surgery replaces
+        the parameters it shrinks, and the costs change with the widths)."""
         c = self.config
         self.costs: dict[str, SiteCost] = site_costs(self.model, self.example_inputs, self.pruners)
         self._noise_params = [p for p in self.model.parameters() if p.requires_grad]
-        weights = unit_weights(self.costs, c.penalty_weights, c.cost_power)
-        gate: dict[nn.Module, float] = {}
-        groups: list[tuple[regulariser.UnitGroup, float]] = []
-        for name, sc in self.costs.items():
-            for m in sc.norms:
-                gate[m] = max(gate.get(m, 0.0), weights.get(name, 1.0))
-            if sc.producers and all(m.weight.requires_grad for m in sc.producers):
-                group = regulariser.UnitGroup(sc.producers, sc.consumers)
-                with torch.no_grad():
-                    reference = self._group_reference.setdefault(name, float(regulariser.unit_norms(group).mean()))
-                groups.append((replace(group, reference=reference), weights.get(name, 1.0)))
-        device = model_device(self.model)
-        self._groups: list[regulariser.UnitGroup] = []
-        self._group_weights = torch.zeros(0, dtype=torch.float64, device=device)
-        if c.reg_target == "gates":
-            scales = {id(m.weight): (m.weight, w) for m, w in gate.items()
-                      if isinstance(m.weight, nn.Parameter) and m.weight.requires_grad}
-            self._reg_params = [p for p, _ in scales.values()]
-            weight_list = [w for _, w in scales.values()]
-            self._groups = [g for g, _ in groups]
-            self._group_weights = torch.tensor([w for _, w in groups], dtype=torch.float64, device=device)
-            idle = [n for n, m in self.model.named_modules() if isinstance(m, regulariser.NORM_TYPES)
-                    and m not in gate and isinstance(m.weight, nn.Parameter)]
-            if idle:
-                self._warn("idle_norms", f"{len(idle)} norm layer(s) gate no ReLU unit ({', '.join(idle[:3])}"
-                           f"{' ...' if len(idle) > 3 else ''}): their scales are not penalised")
-        else:
-            self._reg_params = regulariser.regularised_params(self.model, c.reg_target)
-            weight_list = [1.0] * len(self._reg_params)
-            gate = {m: 1.0 for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-        self._reg_weights = torch.tensor(weight_list, dtype=torch.float64, device=device)
-        allowed = {id(g) for g, _ in regulariser.shift_pairs(self.model)}
-        kept = {id(m.weight): (m.weight, m.bias, w) for m, w in gate.items() if id(m.weight) in allowed}
-        self._shift_pairs = [(g, b) for g, b, _ in kept.values()]
-        self._shift_weights = torch.tensor([w for _, _, w in kept.values()], dtype=torch.float64, device=device)
+        self._penalty = Penalty(self.model, self.costs, PenaltySettings(
+            c.reg_form, c.reg_target, c.penalty_weights, c.cost_power, c.shift_push, c.silenced_below),
+            self._group_reference)
+        if self._penalty.idle:
+            idle = self._penalty.idle
+            self._warn("idle_norms", f"{len(idle)} norm layer(s) gate no ReLU unit ({', '.join(idle[:3])}"
+                       f"{' ...' if len(idle) > 3 else ''}): their scales are not penalised")
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:

@@ -2,17 +2,18 @@
 
 torch-pruning's dependency graph finds, for each ReLU site, the *group* of layers whose
 channels are tied to the site's units (the producing conv/linear and its norm layer, the
-consumers' input columns, flatten/concat index maps, residual additions).  A channel of a
-group is removed only when removal keeps the network's function on the probe data: every
-layer that consumes the group's channels must read them through a site where the channel
-is dead (so it only ever sees zeros).  Every parameter replacement that torch-pruning makes
-goes through one recorded function, which slices the optimizer state the same way.
+consumers' input columns, flatten/concat index maps, residual additions).  Which channels may
+go is ``demp.core.analysis``; this module applies a plan: it prunes the groups, verifies that
+the pruned network computes what the original did with the removed units zeroed, and restores
+model and optimizer exactly (then retries site by site) when it does not.  Every parameter
+replacement that torch-pruning makes goes through one recorded function, which slices the
+optimizer state the same way.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, MutableMapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,19 +22,13 @@ from torch.nn.utils import parametrize
 from demp.core import tp_compat
 from demp.core.detection import (SiteTracer, call_model, check_device, check_inputs, check_model_device,
                                  list_sites)
+from demp.core.analysis import Group, add_reason, plan
 from demp.core.skip import ChannelSelect, ChannelSelectPruner
-from demp.core.tp_compat import GroupItem, Slicer, node_kind, op_name
-from demp.core.utils import count_params, eval_mode, kept_buffers, kept_modes, model_device
+from demp.core.tp_compat import Slicer
+from demp.core.utils import count_params, eval_mode, kept_buffers, kept_modes
 from demp.core.verify import Snapshot, compare_outputs, flatten_outputs
 from demp.errors import DempError
 
-_ZERO_PRESERVING = frozenset({"relu", "hardtanh", "mean", "view", "reshapealias", "unsafeview",
-                              "permute", "transpose", "clone", "tocopy", "expand", "squeeze",
-                              "unsqueeze", "mul", "nativedropout", "alias"})
-_ZERO_PRESERVING_PREFIXES = ("maxpool", "avgpool", "adaptiveavgpool", "adaptivemaxpool", "upsample")
-"""Ops (autograd names without 'Backward') whose output channel is zero where the input's is."""
-_CHANNELWISE = _ZERO_PRESERVING | {"add", "sub", "copyslices"}
-"""Ops that act on each channel separately, so a group may contain them."""
 
 
 @dataclass
@@ -100,315 +95,6 @@ def move_optimizer_state(optimizer: torch.optim.Optimizer, old: nn.Parameter,
                                 and v.shape == old.shape else v for k, v in state.items()}
 
 
-# ----------------------------------------------------------------------------- the graph
-
-@dataclass
-class _Group:
-    """One torch-pruning group rooted at a site, with the analysis of what may go."""
-    root_site: str
-    root_width: int
-    items: list[GroupItem]
-    sites: dict[str, GroupItem]            # sites in the group -> their item
-    removable: torch.Tensor = None     # BoolTensor over root channels
-    allowed: torch.Tensor = None       # removable before width/group constraints
-    blocked: str = ""                  # reason the whole group is kept
-    fresh: dict[str, torch.Tensor] = field(default_factory=dict)  # per site: items no earlier group had
-
-    def block(self, reason: str) -> None:
-        """Keep every channel of the group, for ``reason``."""
-        self.blocked = reason
-        self.removable = self.allowed = torch.zeros(self.root_width, dtype=torch.bool)
-
-
-def _zero_preserving(node: Any) -> bool:
-    kind = node_kind(node)
-    if kind in ("concat", "split", "reshape", "expand"):
-        return True
-    if kind != "elementwise":
-        return False
-    name = op_name(node)
-    return (name in _ZERO_PRESERVING or name.startswith(_ZERO_PRESERVING_PREFIXES)
-            or (name == "asstrided" and _identity_view(node)))
-
-
-def _weight_op(node: Any) -> bool:
-    """An op on a parameter (a Linear's weight transpose), not on the data flowing through."""
-    return node_kind(node) == "elementwise" and not node.inputs
-
-
-def _identity_view(node: Any) -> bool:
-    """An as_strided that views its whole input unchanged: how autograd records an in-place
-    ReLU on a view (a Linear's output on 3-D input); the ReLU itself sits in a CopySlices."""
-    fn = node.grad_fn
-    size, stride = tuple(fn._saved_size), tuple(fn._saved_stride)
-    contiguous = tuple(torch.empty(size, device="meta").stride())
-    return stride == contiguous and fn._saved_storage_offset == 0
-
-
-_LINEAR_INTERNAL = frozenset({"addmm", "mm", "bmm", "matmul"})
-"""Matmuls that nn.Linear runs on 3-D inputs; tracing shows them as separate ops."""
-_FUSED_INTERNAL = frozenset({"nativebatchnorm", "nativegroupnorm"})
-"""Norms that a fused norm + activation layer (a norm subclass, timm-style) runs functionally."""
-
-
-def _layer_internal(node: Any) -> bool:
-    """An autograd op that is part of the layer it feeds, not a data op: a Linear's matmul on
-    3-D input, or the functional norm inside a fused norm + activation layer."""
-    if node_kind(node) != "elementwise" or not node.outputs:
-        return False
-    name = op_name(node)
-    return ((name in _LINEAR_INTERNAL and all(isinstance(o.module, nn.Linear) for o in node.outputs))
-            or (name in _FUSED_INTERNAL and all(isinstance(o.module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm))
-                                                for o in node.outputs)))
-
-
-def _data_inputs(node: Any) -> list[Any]:
-    """The nodes whose values a layer reads, looking through a Linear's own matmul."""
-    out = []
-    for inp in node.inputs:
-        if _layer_internal(inp):
-            out.extend(i for i in inp.inputs if i.inputs or node_kind(i) != "elementwise")
-        else:
-            out.append(inp)
-    return out
-
-
-def _is_consumer(dg: Any, item: GroupItem) -> bool:
-    """A layer that mixes the group's channels into others: its input must see zeros."""
-    m = item.node.module
-    if not tp_compat.is_in_channel_fn(dg, item.handler):
-        return False
-    if isinstance(m, nn.modules.conv._ConvNd):
-        return not tp_compat.is_depthwise(m)
-    return isinstance(m, (nn.Linear, ChannelSelect))
-
-
-def _blocking_member(item: GroupItem, exact: bool, shared: set[int]) -> str:
-    """Why a group member forbids any removal in the group ('' when it does not)."""
-    m = item.node.module
-    kind = node_kind(item.node)
-    if isinstance(m, nn.Module) and any(id(p) in shared for p in m._parameters.values()):
-        return f"{type(m).__name__} shares its weight with another layer (tied parameters)"
-    if kind == "output":
-        return "its channels reach the model output"
-    if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups == m.out_channels != m.in_channels:
-        return "a grouped conv with one output per group (torch-pruning would treat it as depthwise)"
-    if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm,
-                      nn.GroupNorm, ChannelSelect)):
-        return ""
-    if isinstance(m, nn.LayerNorm):
-        return "" if not exact else "a LayerNorm normalises over its channels (not exact)"
-    if kind in ("concat", "split", "reshape", "slice", "expand"):
-        return ""
-    if kind == "elementwise" and (
-            _weight_op(item.node) or _layer_internal(item.node) or op_name(item.node) in _CHANNELWISE or _zero_preserving(item.node)):
-        return ""
-    if kind == "parameter":
-        return f"a per-channel parameter of shape {tuple(m.shape)} is tied to its channels"
-    what = op_name(item.node) if kind == "elementwise" else type(m).__name__
-    return f"unsupported operation '{what}' is tied to its channels"
-
-
-def _map_to_root(item: GroupItem, values: torch.Tensor, width: int) -> torch.Tensor:
-    """Bool over root channels: AND of ``values[idx]`` over the idxs each root channel maps to."""
-    out = torch.ones(width, dtype=torch.bool)
-    covered = torch.zeros(width, dtype=torch.bool)
-    idx = torch.as_tensor(item.idxs, dtype=torch.long)
-    root = torch.as_tensor(item.root_idxs, dtype=torch.long)
-    covered[root] = True
-    out.scatter_reduce_(0, root, values[idx], reduce="amin")
-    return out & covered
-
-
-class _Analysis:
-    """Decides, group by group, which root channels may be removed."""
-
-    def __init__(self, dg: Any, site_nodes: dict[str, Any],
-                 masks: dict[str, torch.Tensor], exact: bool, min_units: int, shared: set[int]):
-        self.dg, self.site_nodes, self.masks, self.shared = dg, site_nodes, masks, shared
-        self.node_site = {node: name for name, node in site_nodes.items()}
-        self.exact, self.min_units = exact, min_units
-        self.already = {name: 0 for name in masks}  # units planned away by earlier groups
-
-    def group(self, name: str, channels: list[int]) -> _Group:
-        """The group of the site's ``channels`` (root indices stay the site's own numbering)."""
-        node = self.site_nodes[name]
-        width = self.masks[name].numel()
-        try:
-            items = tp_compat.pruning_group(self.dg, node.module, channels)
-            sites = {self.node_site[it.node]: it for it in items if it.node in self.node_site}
-            g = _Group(name, width, items, sites)
-            self._decide(g)
-            out_of_range = [n for n, it in sites.items() if max(it.idxs, default=-1) >= self.masks[n].numel()]
-            if out_of_range and not g.blocked:
-                raise IndexError(f"site '{out_of_range[0]}' mapped beyond its width")
-            g.sites = {n: it for n, it in sites.items() if n not in out_of_range}
-        except Exception as e:  # torch-pruning cannot map this graph shape: keep the group whole
-            root = GroupItem(node, None, list(channels), list(channels))
-            g = _Group(name, width, [root], {name: root})
-            g.block(f"torch-pruning cannot map its channels ({type(e).__name__}: {e})")
-        return g
-
-    def _decide(self, g: _Group) -> None:
-        for it in g.items:
-            reason = _blocking_member(it, self.exact, self.shared)
-            if reason:
-                g.block(reason)
-                return
-        if self.exact:
-            removable = self._guarded(g)
-        else:  # remove what is marked at every site of the group
-            removable = torch.ones(g.root_width, dtype=torch.bool)
-            for name, it in g.sites.items():
-                removable &= _map_to_root(it, self.masks[name], g.root_width)
-        g.allowed = removable
-        g.removable = self._constrain(g, removable)
-
-    def _guarded(self, g: _Group) -> torch.Tensor:
-        """Root channels that every consumer reads through a dead site (so only as zeros)."""
-        members = {it.node: it for it in g.items}
-        memo: dict[Any, torch.Tensor] = {}
-        none = torch.zeros(g.root_width, dtype=torch.bool)
-
-        def covered(it: GroupItem) -> torch.Tensor:
-            cov = none.clone()
-            cov[torch.as_tensor(it.root_idxs, dtype=torch.long)] = True
-            return cov
-
-        def through(inputs: list[Any]) -> torch.Tensor:
-            """Root channels that are zero in every input carrying them (a shared layer's
-            calls, a concatenation's parts), and carried by at least one."""
-            acc, carried = ~none, none.clone()
-            for inp in inputs:
-                if inp in members and not _weight_op(inp):
-                    cov = covered(members[inp])
-                    acc &= zero(inp) | ~cov
-                    carried |= cov
-            return acc & carried
-
-        def zero(node: Any) -> torch.Tensor:
-            if node in memo:
-                return memo[node]
-            memo[node] = none  # cycles are impossible, but stay safe
-            it = members.get(node)
-            if it is None:
-                return none
-            result = none.clone()
-            name = self.node_site.get(node)
-            if name is not None:
-                result |= _map_to_root(it, self.masks[name], g.root_width)
-            if name is not None or _zero_preserving(node):
-                result |= through(node.inputs)
-            memo[node] = result
-            return result
-
-        removable = torch.ones(g.root_width, dtype=torch.bool)
-        has_consumer = False
-        for it in g.items:
-            if _is_consumer(self.dg, it):
-                has_consumer = True
-                removable &= through(_data_inputs(it.node)) | ~covered(it)
-        if not has_consumer:
-            return torch.zeros(g.root_width, dtype=torch.bool)
-        # never remove a channel that no site of the group reports dead
-        anydead = torch.zeros(g.root_width, dtype=torch.bool)
-        for name, it in g.sites.items():
-            anydead |= _map_to_root(it, self.masks[name], g.root_width)
-        return removable & anydead
-
-    def whole_groupnorm_groups(self, groups: list[_Group]) -> None:
-        """Keep every part of a GroupNorm group that is not removed whole.
-
-        A concatenation seam inside a GroupNorm group splits the group's channels between
-        pruning groups, which each see only their part: the group goes only if every part goes.
-        """
-        for _ in range(16):
-            gone: dict[nn.GroupNorm, torch.Tensor] = {}
-            members = [(g, it) for g in groups for it in g.items if isinstance(it.node.module, nn.GroupNorm)]
-            for g, it in members:
-                m = it.node.module
-                mark = gone.setdefault(m, torch.zeros(m.num_channels, dtype=torch.bool))
-                mark[torch.as_tensor(it.idxs, dtype=torch.long)] |= g.removable[torch.as_tensor(it.root_idxs)]
-            changed = False
-            for g, it in members:
-                m = it.node.module
-                per_group = gone[m].view(m.num_groups, -1).sum(1)
-                partial = (per_group > 0) & (per_group < m.num_channels // m.num_groups)
-                idx, root = torch.as_tensor(it.idxs, dtype=torch.long), torch.as_tensor(it.root_idxs)
-                drop = partial[idx // (m.num_channels // m.num_groups)] & g.removable[root]
-                if drop.any():
-                    removable = g.removable.clone()
-                    removable[root[drop]] = False
-                    self.claim(g, -1)
-                    g.removable, changed = self._constrain(g, removable), True
-                    self.claim(g, +1)
-            if not changed:
-                return
-
-    def coupled_reason(self, g: _Group) -> str:
-        """Why dead units of an unblocked group stay: a norm right after a ReLU, or live partners."""
-        if not self.exact:
-            return "not marked at every coupled site"
-        norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
-        if any(isinstance(it.node.module, norms) and any(i in self.node_site for i in it.node.inputs)
-               for it in g.items):
-            return "a norm layer after the ReLU turns its zeros into non-zeros"
-        return "a unit it is tied to is not dead (coupled channels)"
-
-    def claim(self, g: _Group, sign: int) -> None:
-        """Count (+1) or uncount (-1) the units ``g`` removes at its sites, for the width floors."""
-        for sname, it in g.sites.items():
-            idx = torch.as_tensor(it.idxs, dtype=torch.long)[g.fresh[sname]]
-            root = torch.as_tensor(it.root_idxs, dtype=torch.long)[g.fresh[sname]]
-            self.already[sname] += sign * int(torch.unique(idx[g.removable[root]]).numel())
-
-    def _constrain(self, g: _Group, removable: torch.Tensor) -> torch.Tensor:
-        """Apply width floors and balanced grouped convs, to a fixpoint."""
-        removable = removable.clone()
-        for _ in range(16):
-            before = removable.clone()
-            for it in g.items:
-                removable = self._constrain_item(it, removable)
-            if torch.equal(before, removable):
-                break
-        return removable
-
-    def _constrain_item(self, it: GroupItem, removable: torch.Tensor) -> torch.Tensor:
-        m = it.node.module
-        idx = torch.as_tensor(it.idxs, dtype=torch.long)
-        root = torch.as_tensor(it.root_idxs, dtype=torch.long)
-        local = removable[root]  # per mapped channel of this member
-        name = self.node_site.get(it.node)
-        if name is not None or (not tp_compat.is_in_channel_fn(self.dg, it.handler)
-                                and isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))):
-            width = self.masks[name].numel() if name is not None else tp_compat.out_channels(self.dg, m)
-            floor = self.min_units if name is not None else 1
-            gone = torch.unique(idx[local])
-            excess = gone.numel() + self.already.get(name, 0) - (width - floor)
-            if excess > 0:  # keep the highest-index removable channels of this member
-                keep_back = set(gone[-excess:].tolist())
-                drop = torch.tensor([int(i) in keep_back for i in idx.tolist()], dtype=torch.bool)
-                removable[root[drop]] = False
-        if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups \
-                and not tp_compat.is_depthwise(m):
-            size = m.in_channels if tp_compat.is_in_channel_fn(self.dg, it.handler) else m.out_channels
-            per = size // m.groups
-            counts = torch.zeros(m.groups, dtype=torch.long).scatter_add_(
-                0, idx // per, local.long())
-            # an output side keeps 2 per group: at 1, torch-pruning takes the conv for depthwise
-            keep = 2 if not tp_compat.is_in_channel_fn(self.dg, it.handler) and m.in_channels > m.groups else 1
-            quota = max(0, min(int(counts.min()), per - keep))
-            taken = torch.zeros(m.groups, dtype=torch.long)
-            for k in range(len(idx)):
-                if local[k]:
-                    grp = int(idx[k]) // per
-                    if taken[grp] >= quota:
-                        removable[root[k]] = False
-                    else:
-                        taken[grp] += 1
-        return removable
-
-
 # ----------------------------------------------------------------------------- entry point
 
 def build_graph(model: nn.Module, example_inputs: Any, pruners: Optional[Mapping[Any, Any]] = None
@@ -440,7 +126,7 @@ def build_graph(model: nn.Module, example_inputs: Any, pruners: Optional[Mapping
                         f"{e}); give inputs of the shape it expects: a tensor, a tuple of positional "
                         "inputs or a dict of keyword inputs") from None
     names = tracer.names()
-    by_grad_fn = {node.grad_fn: node for node in dg.module2node.values()}
+    by_grad_fn = tp_compat.nodes_by_grad_fn(dg)
     nodes = {n: by_grad_fn[g] for n, g in zip(names, grad_fns) if g is not None and g in by_grad_fn}
     return dg, nodes, dict(zip(names, widths))
 
@@ -474,56 +160,6 @@ def _check_finite(model: nn.Module) -> None:
                             "bad: re-estimate them or restart from a checkpoint); nothing was removed")
 
 
-def _plan(analysis: _Analysis, full: dict[str, torch.Tensor],
-          sites: dict[str, SiteRemoval]) -> tuple[list[tuple[_Group, list[int]]], dict[str, torch.Tensor]]:
-    """Split the sites' channels into disjoint groups and decide what each may lose.
-
-    A group rooted at one site can cover part of another site's channels (a concat), so
-    each site is rooted only at channels no earlier group covered.  Fills ``sites``;
-    returns the groups to prune and, per site, the units that will go.
-    """
-    covered = {n: torch.zeros_like(m) for n, m in full.items()}
-    groups: list[_Group] = []
-    for name in analysis.site_nodes:
-        todo = (~covered[name]).nonzero().flatten()
-        if todo.numel() == 0 or (analysis.exact and not full[name][todo].any()):
-            continue
-        g = analysis.group(name, todo.tolist())
-        if any(covered[s][it.idxs].any() for s, it in g.sites.items()):  # groups are disjoint or wrong
-            g.block("torch-pruning maps its channels into another site's group (unsupported graph)")
-        for sname, it in g.sites.items():
-            idx = torch.as_tensor(it.idxs, dtype=torch.long)
-            g.fresh[sname] = ~covered[sname][idx]
-            covered[sname][idx] = True
-        analysis.claim(g, +1)
-        groups.append(g)
-    analysis.whole_groupnorm_groups(groups)
-    removed = {n: torch.zeros_like(m) for n, m in full.items()}
-    plans = []
-    for g in groups:
-        for sname, it in g.sites.items():
-            idx = torch.as_tensor(it.idxs, dtype=torch.long)[g.fresh[sname]]
-            root = torch.as_tensor(it.root_idxs, dtype=torch.long)[g.fresh[sname]]
-            removed[sname][idx] = g.removable[root]
-            kept = torch.zeros_like(removed[sname])
-            kept[idx] = full[sname][idx] & ~g.removable[root]
-            floor = int((kept[idx] & g.allowed[root]).sum())
-            _add_reason(sites[sname], "minimum width, whole GroupNorm groups or balanced grouped conv", floor)
-            _add_reason(sites[sname], g.blocked or analysis.coupled_reason(g), int(kept.sum()) - floor)
-        gone = g.removable.nonzero().flatten().tolist()
-        if gone:
-            plans.append((g, gone))
-    for n, rec in sites.items():
-        rec.removed = int(removed[n].sum())
-        rec.kept_dead = int((full[n] & ~removed[n]).sum())
-    return plans, removed
-
-
-def _add_reason(rec: SiteRemoval, reason: str, count: int) -> None:
-    if count > 0:
-        rec.reasons[reason] = rec.reasons.get(reason, 0) + count
-
-
 class _Refused(Exception):
     """A removal that failed inside surgery or would change the model: where, and why."""
 
@@ -539,9 +175,10 @@ class _Options:
     verify: bool
     train_check: bool                   # the unpruned model runs in train mode, so must the pruned
     pruners: Mapping[Any, Any]
+    follow: tuple = ()                  # per-parameter tensors (dicts param -> tensor) sliced with it
 
 
-def _prune_all(dg: Any, site_nodes: dict[str, Any], plans: list[tuple[_Group, list[int]]],
+def _prune_all(dg: Any, site_nodes: dict[str, Any], plans: list[tuple[Group, list[int]]],
                widths: dict[str, int]) -> None:
     """Prune the planned groups one after another, each in its root's current numbering.
 
@@ -613,6 +250,9 @@ def _attempt(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
     def on_replace(old, new, slicer):
         if optimizer is not None:
             move_optimizer_state(optimizer, old, new, slicer)
+        for mapping in opts.follow:
+            if old in mapping:
+                mapping[new] = slicer(mapping.pop(old))
 
     # one recording context for tracing and pruning: the graph binds the patched handlers
     with tp_compat.recording(on_replace):
@@ -642,10 +282,14 @@ def _analyse(model: nn.Module, dg: Any, site_nodes: dict[str, Any], widths: dict
     sites = {n: SiteRemoval(w, dead=int(full[n].sum())) for n, w in widths.items()}
     for n in widths:
         if n not in site_nodes:
-            _add_reason(sites[n], "its output does not reach the model output", sites[n].dead)
-    analysis = _Analysis(dg, site_nodes, full, opts.exact, opts.min_units, _shared_params(model))
-    plans, removed = _plan(analysis, full, sites)
-    return plans, removed, sites, full
+            add_reason(sites[n].reasons, "its output does not reach the model output", sites[n].dead)
+    result = plan(dg, site_nodes, full, opts.exact, opts.min_units, _shared_params(model))
+    for n, rec in sites.items():
+        for reason, count in result.reasons[n].items():
+            add_reason(rec.reasons, reason, count)
+        rec.removed = int(result.removed[n].sum())
+        rec.kept_dead = int((full[n] & ~result.removed[n]).sum())
+    return result.groups, result.removed, sites, full
 
 
 def planned_removal(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any, *, min_units: int = 1,
@@ -672,12 +316,12 @@ def _retry_by_site(model: nn.Module, dead: Mapping[str, Any], example_inputs: An
         todo = full[name] & alive[name]
         if not todo.any():
             continue
-        snapshot = Snapshot(model, optimizer)
+        snapshot = Snapshot(model, optimizer, opts.follow)
         try:
             own, removed = _attempt(model, {name: full[name][alive[name]]}, example_inputs, optimizer, opts)
         except _Refused as failure:
             snapshot.restore()
-            _add_reason(sites[name], f"removing them would not be exact: {failure.why}", int(todo.sum()))
+            add_reason(sites[name].reasons, f"removing them would not be exact: {failure.why}", int(todo.sum()))
             continue
         except BaseException:
             snapshot.restore()
@@ -686,7 +330,7 @@ def _retry_by_site(model: nn.Module, dead: Mapping[str, Any], example_inputs: An
             idx = alive[n].nonzero().flatten()
             alive[n][idx[r]] = False
         for reason, count in own[name].reasons.items():
-            _add_reason(sites[name], reason, count)
+            add_reason(sites[name].reasons, reason, count)
     for n, rec in sites.items():
         rec.removed = int((~alive[n]).sum())
         rec.kept_dead = int((full[n] & alive[n]).sum())
@@ -729,8 +373,8 @@ def _check_request(model: nn.Module, dead: Any, example_inputs: Any,
 
 def remove_units(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
                  optimizer: Optional[torch.optim.Optimizer] = None, *, min_units: int = 1,
-                 exact: bool = True, verify: bool = True,
-                 pruners: Optional[Mapping[Any, Any]] = None) -> RemovalReport:
+                 exact: bool = True, verify: bool = True, pruners: Optional[Mapping[Any, Any]] = None,
+                 follow: Sequence[MutableMapping[Any, torch.Tensor]] = ()) -> RemovalReport:
     """Remove the given units from ``model`` in place and slice ``optimizer``'s state to match.
 
     ``dead`` maps site names to BoolTensors (True = remove).  With ``exact`` (the default)
@@ -745,13 +389,15 @@ def remove_units(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
     ``example_inputs`` is a tensor, a tuple of positional inputs or a dict of keyword inputs.
     ``pruners`` maps layer types (or instances) to extra torch-pruning pruners
     (``demp.core.tp_compat.BasePruningFunc``) for layers the dependency graph cannot see into.
+    ``follow``: dicts from parameters to tensors shaped like them (sparsity masks) whose entries
+    are sliced and re-keyed with their parameter, and restored with the model on a refusal.
     """
     start = time.perf_counter()
     _check_request(model, dead, example_inputs, optimizer, min_units)
     params_before = count_params(model)
     train_check = verify and not _train_forward(model, example_inputs)
-    opts = _Options(min_units, exact, verify, train_check, dict(pruners or {}))
-    snapshot = Snapshot(model, optimizer)
+    opts = _Options(min_units, exact, verify, train_check, dict(pruners or {}), tuple(follow))
+    snapshot = Snapshot(model, optimizer, opts.follow)
     try:
         sites, _ = _attempt(model, dead, example_inputs, optimizer, opts)
     except _Refused:

@@ -1,4 +1,4 @@
-"""The one place that touches torch-pruning internals (tested against torch-pruning 1.6.1).
+"""The one place that touches torch-pruning and autograd internals (tested against torch-pruning 1.6.1).
 
 DemP uses torch-pruning's dependency graph to find which layers share a ReLU site's
 channels and to slice them.  Everything version-specific lives here: the patched parameter
@@ -76,6 +76,16 @@ def prune_out_channels(dg: tp.DependencyGraph, module: nn.Module, idxs: Sequence
     """Remove output channels ``idxs`` of ``module`` and every tied channel of the group."""
     pruner = dg.get_pruner_of_module(module)
     dg.get_pruning_group(module, pruner.prune_out_channels, list(idxs)).prune(record_history=False)
+
+
+def nodes_by_grad_fn(dg: tp.DependencyGraph) -> dict[Any, Any]:
+    """The graph's nodes by the autograd function that produced them (to find a traced op's node)."""
+    return {node.grad_fn: node for node in dg.module2node.values()}
+
+
+def tensor_version(t: torch.Tensor) -> int:
+    """Autograd's in-place write counter of a tensor (changes whenever it is written in place)."""
+    return t._version
 
 
 def node_kind(node: Any) -> str:

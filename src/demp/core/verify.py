@@ -2,17 +2,20 @@
 
 A removal is exact or refused, never a silent change (docs/method.md).  ``Snapshot`` records
 a model and optimizer so that a failed removal can be undone object for object: the same
-Parameter objects, module attributes, buffers, optimizer state and param groups.
+Parameter objects, module attributes, buffers, optimizer state and param groups, and the
+per-parameter tensors that follow a removal (sparsity masks).
 ``compare_outputs`` decides whether two forward results agree (every tensor of a tuple,
 list or dict output, shape and values, within a tolerance scaled to the output).
 """
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any, MutableMapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
+
+from demp.core.tp_compat import tensor_version
 
 _CONTAINERS = (dict, list, set)
 
@@ -38,11 +41,13 @@ class Snapshot:
     writing into them, but a faulty or custom pruner might write in place).
     """
 
-    def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None):
+    def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+                 follow: Sequence[MutableMapping[Any, torch.Tensor]] = ()):
         self.modules = [(m, {k: (v, _contents(v)) for k, v in m.__dict__.items()})
                         for m in model.modules()]
         tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
-        self.tensors = [(t, t.detach().clone(), t._version, t.grad) for t in tensors.values()]
+        self.tensors = [(t, t.detach().clone(), tensor_version(t), t.grad) for t in tensors.values()]
+        self.follow = [(mapping, dict(mapping)) for mapping in follow]
         self.optimizer = optimizer
         if optimizer is not None:
             self.groups = [(g, dict(g), list(g["params"])) for g in optimizer.param_groups]
@@ -58,9 +63,11 @@ class Snapshot:
                 module.__dict__[key] = value
         with torch.no_grad():
             for t, value, version, grad in self.tensors:
-                if t._version != version or t.shape != value.shape:
+                if tensor_version(t) != version or t.shape != value.shape:
                     t.data = value
                 t.grad = grad
+        for mapping, entries in self.follow:
+            _refill(mapping, entries)
         if self.optimizer is not None:
             for group, entries, params in self.groups:
                 group.clear()

@@ -1,25 +1,27 @@
-"""Reporting on fabricated run folders: CSV columns and order, interpolation at matched units
-removed (including n/a outside a curve's span), speed-ups, plots and report.md."""
+"""Results on fabricated run folders: loading, the legacy form of a variant's method, CSV
+rows and order, interpolation at matched units removed (including n/a outside a curve's
+span), speed-ups, DemP against the best other method; the death-study records (the count
+method's counts, as the analyses read them)."""
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn as nn
 
-from demp.errors import DempError
-from demp.experiments.reporting import (COLUMNS, add_report_args, interpolate, load_runs, matched_table,
-                            read_csv, report, report_main, row_key, versus_best)
+from demp.app.methods.count import DeathCounter, compare_dead, overlap_fraction
+from demp.experiments.results import (Variant, death_checks, interpolate, legacy_summary, load_runs, matched_table,
+                                      row_key, variant, versus_best)
 
 SITES = ("features.0", "features.3", "features.7", "classifier.1")
 
 
 def make_run(root: Path, name: str, *, method: str, optimizer: str = "adamw", knob=None, seed=0,
              units: float = 1.0, acc: float = 0.8, wall: float = 100.0, epochs: int = 3,
-             target=None) -> Path:
-    """A run folder as ``demp train`` writes it, with made-up numbers."""
+             target=None, label=None) -> Path:
+    """A run folder as ``demp train`` writes it, with made-up numbers (a ``label`` as its own field)."""
     run = root / name
     run.mkdir(parents=True)
     widths = {s: 16 for s in SITES}
@@ -47,7 +49,8 @@ def make_run(root: Path, name: str, *, method: str, optimizer: str = "adamw", kn
                "prune_events": 0 if method == "dense" else 3, "method": method,
                "optimizer": optimizer, "knob": knob, "seed": seed, "model": "vgg16_bn",
                "dataset": "cifar10", "target": target, "fwd_flops_remaining": units ** 2,
-               "widths_final": {s: max(1, round(16 * units)) for s in SITES}}
+               "widths_final": {s: max(1, round(16 * units)) for s in SITES},
+               **({"label": label} if label else {})}
     (run / "summary.json").write_text(json.dumps(summary))
     return run
 
@@ -70,6 +73,28 @@ def sweep(tmp_path: Path) -> Path:
     (root / "demp-sgd-0.1-s0").mkdir()
     (root / "demp-sgd-0.1-s0" / "error.txt").write_text("Traceback: boom")
     return root
+
+
+def test_legacy_summary_splits_an_old_variant_string_once():
+    assert legacy_summary({"method": "demp[a05-r1]", "seed": 0}) == {"method": "demp", "label": "a05-r1", "seed": 0}
+    new = {"method": "demp", "label": "paper"}
+    assert legacy_summary(new) is new
+    assert legacy_summary({"method": "snap"}) == {"method": "snap"}
+
+
+def test_variants_come_from_method_and_label(tmp_path: Path):
+    """An old summary (method 'demp[paper]') and a new one (method demp, label paper) give the same row;
+    variants sort after the plain methods, by name; every DemP form meets the best other method."""
+    make_run(tmp_path / "old", "demp-p", method="demp[paper]", knob=0.5, units=0.5)
+    make_run(tmp_path / "new", "demp-p", method="demp", label="paper", knob=0.5, units=0.5)
+    old, new = ([r.row() for r in load_runs([tmp_path / d])] for d in ("old", "new"))
+    assert old == new and variant(new[0]) == Variant("demp", "paper") and variant(new[0]).name == "demp[paper]"
+    rows = [{"method": m, "label": label} for m, label in
+            (("snap", None), ("demp", "paper"), ("demp", None), ("dense", None), ("dense", "x"))]
+    assert [variant(r).name for r in sorted(rows, key=row_key)] == ["dense", "demp", "snap", "demp[paper]", "dense[x]"]
+    table = [{"units_removed": 0.5, "optimizer": "adamw", "method": m, "label": label, "test_acc": acc}
+             for m, label, acc in (("demp", None, 0.7), ("demp", "paper", 0.6), ("snap", None, 0.65))]
+    assert [(h["method"], h["best"]) for h in versus_best(table)] == [("demp", "snap"), ("demp[paper]", "snap")]
 
 
 def test_interpolate_inside_outside_and_at_ends():
@@ -127,43 +152,6 @@ def test_speedup_uses_dense_of_same_seed_else_mean(sweep: Path):
     assert table[0.8, "snap", "sgd"]["test_acc"] is None
 
 
-def test_report_writes_csv_plots_and_markdown(sweep: Path, tmp_path: Path):
-    out = tmp_path / "out"
-    files = report([sweep], out, title="fabricated", plot_runs="demp-adamw-*")
-    with (out / "summary.csv").open() as f:
-        reader = csv.reader(f)
-        assert tuple(next(reader)) == COLUMNS
-        body = list(reader)
-    assert len(body) == 2 * (1 + 4 + 3) + 2          # the failed run has no summary: left out
-    rows = read_csv(out / "summary.csv")
-    assert [r["method"] for r in rows][:2] == ["dense", "dense"]
-    assert rows == sorted(rows, key=row_key)
-    assert rows[0]["knob"] is None and isinstance(rows[0]["seed"], int)
-    for name in ("acc_vs_units.png", "acc_vs_params.png", "acc_vs_train_flops.png",
-                 "run_plots/demp-adamw-0.001-s0_curves.png", "run_plots/demp-adamw-0.001-s0_live_units.png"):
-        assert (out / name).stat().st_size > 10_000, name
-    assert not (out / "run_plots" / "snap-adamw-0.3-s0_curves.png").exists()
-    text = files["report.md"].read_text()
-    assert "## At matched units removed" in text and "n/a" in text
-    assert "| demp-adamw-0.004-s1 |" in text and "](acc_vs_units.png)" in text
-    assert "| demp-sgd-0.1-s0 | Traceback: boom |" in text
-
-
-def test_report_main_benchmark_dir_and_errors(sweep: Path, tmp_path: Path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    parser = argparse.ArgumentParser()
-    add_report_args(parser)
-    assert report_main(parser.parse_args([str(sweep), "--benchmark", "fab", "--plot-runs", ""])) == 0
-    assert (tmp_path / "results" / "fab" / "summary.csv").is_file()
-    assert not (tmp_path / "results" / "fab" / "run_plots").exists()
-    assert "18 runs" in capsys.readouterr().out
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DempError, match="no finished run"):
-        report_main(parser.parse_args([str(tmp_path / "empty")]))
-    with pytest.raises(DempError, match="not a folder"):
-        report_main(parser.parse_args([str(tmp_path / "missing")]))
-
-
 def test_same_run_name_in_two_sweeps_kept_apart(tmp_path: Path):
     for sweep in ("a", "b"):
         make_run(tmp_path / sweep, "dense-adamw-s0", method="dense")
@@ -171,17 +159,70 @@ def test_same_run_name_in_two_sweeps_kept_apart(tmp_path: Path):
     assert names == ["a-dense-adamw-s0", "b-dense-adamw-s0"]
 
 
-def test_matched_inference_flops_and_widths_plot(tmp_path):
-    root = tmp_path / "runs"
+def make_budget_runs(root: Path) -> Path:
+    """Dense, DemP and SNAP at 50% and 80% of units removed, CropIt at 80% (adamw, one seed)."""
     make_run(root, "dense", method="dense")
     for target, acc in ((0.5, 0.7), (0.8, 0.6)):
         make_run(root, f"demp-{target}", method="demp", knob=target, target=target, units=1 - target, acc=acc)
         make_run(root, f"snap-{target}", method="snap", knob=target, target=target, units=1 - target, acc=acc - 0.05)
     make_run(root, "cropit-0.8", method="cropit", knob=0.8, target=0.8, units=0.2, acc=0.4)
+    return root
+
+
+def test_matched_inference_flops(tmp_path):
+    root = make_budget_runs(tmp_path / "runs")
     rows = [r.row() for r in load_runs([root])]
     flops = {e["method"]: e for e in matched_table(rows, (0.75,), "fwd_flops_remaining")}
     assert flops["demp"]["test_acc"] == pytest.approx(0.7)   # 50% of units: 75% of FLOPs removed
-    files = report([root], tmp_path / "out", plot_runs="")
-    assert "widths_at_0.8.png" in files and files["widths_at_0.8.png"].stat().st_size > 1000
-    text = files["report.md"].read_text()
-    assert "## At matched inference FLOPs" in text and "widths_at_0.8" in text
+
+
+def test_death_checks_keep_one_record_per_step():
+    lines = [{"step": 1, "deaths": [{"step": 0, "dead": 1}]}, {"step": 2},
+             {"step": 3, "deaths": [{"step": 2, "dead": 3}]}, {"event": "final", "deaths": [{"step": 4, "dead": 4}]}]
+    assert [c["dead"] for c in death_checks(lines)] == [1, 3, 4]
+
+
+def test_overlap_counts_stayed_revived_and_new():
+    before = {"a": torch.tensor([True, True, False, False]), "b": torch.tensor([True, False])}
+    now = {"a": torch.tensor([True, False, True, False]), "b": torch.tensor([True, False])}
+    assert compare_dead(before, now) == (2, 1, 1)
+    assert overlap_fraction(2, 1) == pytest.approx(2 / 3)
+    assert overlap_fraction(0, 0) is None
+    assert compare_dead({}, now) == (0, 0, 3)       # first check: everything dead is new
+
+
+def _counter() -> tuple[nn.Module, DeathCounter, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 2))
+    probe = [torch.randn(32, 4) for _ in range(2)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return model, DeathCounter(model, opt, probe[0][:2], 10, probe, reg_peak=0.0, noise_peak=0.0), probe
+
+
+def test_counter_counts_dead_units_and_removes_nothing():
+    model, counter, _ = _counter()
+    bn = model[1]
+    with torch.no_grad():
+        bn.weight[:2] = 0.0
+        bn.bias[:2] = -1.0                       # units 0, 1 dead whatever the input
+        bn.running_mean.fill_(100.0)             # stale statistics: re-estimated before counting
+    stale = bn.running_mean.clone()
+    report = counter.prune()
+    assert report.units_removed == 0 and model[0].out_features == 6
+    assert torch.equal(bn.running_mean, stale)   # the trained statistics are put back
+    first = counter.counts[-1]
+    assert (first.units, first.dead, first.sites) == (6, 2, {"2": 2})
+    assert (first.overlap, first.revived, first.new, first.ever_dead) == (None, 0, 2, 2)
+    with torch.no_grad():
+        bn.bias[0] = 1.0                          # unit 0 comes back to life
+        bn.weight[2], bn.bias[2] = 0.0, -1.0      # unit 2 dies
+    counter.step_count = 5
+    counter.prune()
+    second = counter.counts[-1]
+    assert (second.step, second.dead, second.overlap, second.revived, second.new, second.ever_dead) == \
+        (5, 2, 0.5, 1, 1, 3)
+
+    _, fresh, _ = _counter()                     # resume: counts and masks come back
+    fresh.load_state_dict(counter.state_dict())
+    assert fresh.counts == counter.counts and torch.equal(fresh.ever_masks["2"], counter.ever_masks["2"])
+

@@ -1,4 +1,5 @@
-"""Tests for demp.data: sources, cache, batched augmentation, resumable loading."""
+"""Tests for demp.app.data.sources: Fashion-MNIST IDX files, the three CIFAR-10 forms, synthetic data,
+load_dataset's names and subsets, the lazy ImageFolderDataset, and the errors that say how to fix a source."""
 from __future__ import annotations
 
 import gzip
@@ -15,9 +16,7 @@ import torch
 from PIL import Image
 
 from demp import DempError
-from demp.app import data
-from demp.app.data import (DATASETS, Augment, BatchLoader, DataError, ImageFolderDataset, Splits,
-                       crop_flip, load_dataset, normalize, probe_batches)
+from demp.app.data import DATASETS, DataError, ImageFolderDataset, cache_folder, load_dataset, sources
 
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 REAL_ZIP = Path(os.environ.get("DEMP_DATA") or Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.zip")
@@ -40,7 +39,7 @@ def make_fashion(root: Path, n_train: int = 6, n_test: int = 4) -> dict[str, np.
     arrays = {"train_x": rng.integers(0, 256, (n_train, 5, 4)), "train_y": np.arange(n_train) % 10,
               "test_x": rng.integers(0, 256, (n_test, 5, 4)), "test_y": np.arange(n_test) % 10}
     root.mkdir(parents=True, exist_ok=True)
-    for key, stem in data._FASHION_FILES.items():
+    for key, stem in sources._FASHION_FILES.items():
         write_idx(root / f"{stem}.gz", arrays[key])
     return arrays
 
@@ -74,13 +73,6 @@ def zip_folder(folder: Path, dest: Path, prefix: str = "") -> Path:
     return dest
 
 
-def const_splits(n: int = 10, c: int = 3, size: int = 8) -> Splits:
-    """A Splits whose image i is filled with value 10*i and labelled i, so batches are traceable."""
-    x = (torch.arange(n, dtype=torch.uint8) * 10).view(n, 1, 1, 1).expand(n, c, size, size).contiguous()
-    y = torch.arange(n)
-    return Splits(x, y, x.clone(), y.clone(), [str(i) for i in range(n)], (0.5,) * c, (0.25,) * c)
-
-
 # ----------------------------------------------------------------------------- Fashion-MNIST
 
 
@@ -100,12 +92,12 @@ def test_idx_bad_files_name_the_file(tmp_path):
     with gzip.open(bad, "wb") as f:
         f.write(b"\x00\x00\x09\x01\x00\x00\x00\x02ab")
     with pytest.raises(DataError, match="bad.gz.*magic"):
-        data.read_idx(bad)
+        sources.read_idx(bad)
     short = tmp_path / "short.gz"
     with gzip.open(short, "wb") as f:
         f.write(bytes([0, 0, 8, 1]) + struct.pack(">I", 5) + b"ab")
     with pytest.raises(DataError, match="short.gz.*truncated"):
-        data.read_idx(short)
+        sources.read_idx(short)
 
 
 def test_fashion_missing_says_how_to_install(tmp_path):
@@ -115,7 +107,7 @@ def test_fashion_missing_says_how_to_install(tmp_path):
     assert "data.root" in str(info.value)
 
 
-@pytest.mark.skipif(not Path(data.FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not Path(sources.FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
 def test_real_fashion_mnist(tmp_path):
     splits = load_dataset("fashion_mnist", cache_dir=str(tmp_path), subset=1000)
     assert splits.train_x.shape == (1000, 1, 28, 28) and splits.test_x.shape == (1000, 1, 28, 28)
@@ -212,6 +204,16 @@ def test_cifar_not_found_explains_forms(tmp_path):
     assert "data.root" in message
 
 
+def test_cifar_without_root_needs_demp_data(monkeypatch, tmp_path):
+    monkeypatch.delenv("DEMP_DATA", raising=False)
+    with pytest.raises(DataError, match="DEMP_DATA"):
+        sources._cifar_source(None)
+    monkeypatch.setenv("DEMP_DATA", str(tmp_path / "nowhere.zip"))
+    with pytest.raises(DataError, match="no CIFAR-10 found at DEMP_DATA"):
+        sources._cifar_source(None)
+    assert isinstance(DataError("x"), DempError)
+
+
 def test_unknown_dataset_lists_names():
     with pytest.raises(ValueError, match="fashion_mnist, cifar10, synthetic") as info:
         load_dataset("mnist")
@@ -233,132 +235,6 @@ def test_synthetic_is_seeded():
     means = torch.stack([a.train_x[a.train_y == k].float().mean(0) for k in range(10)])
     pred = torch.cdist(a.test_x.float().flatten(1), means.flatten(1)).argmin(1)
     assert (pred == a.test_y).float().mean() > 0.9
-
-
-# ----------------------------------------------------------------------------- cache
-
-
-def test_cache_hit_skips_decoding(tmp_path, monkeypatch):
-    root = make_folder(tmp_path / "imgs", "PNG")
-    cache = tmp_path / "cache"
-    first = load_dataset("cifar10", root=str(root), cache_dir=str(cache))
-    monkeypatch.setattr(data, "_decode", lambda source: pytest.fail("decoded again despite the cache"))
-    second = load_dataset("cifar10", root=str(root), cache_dir=str(cache))
-    for key in ("train_x", "train_y", "test_x", "test_y"):
-        assert torch.equal(getattr(first, key), getattr(second, key))
-    assert (second.classes, second.mean, second.std) == (first.classes, first.mean, first.std)
-    assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # no temp folders left
-    monkeypatch.undo()
-    (root / "train" / "ant" / "0009.png").write_bytes(image_bytes(COLORS["ant"], "PNG"))  # source changes
-    assert load_dataset("cifar10", root=str(root), cache_dir=str(cache)).train_x.shape[0] == 7
-    assert len(list(cache.iterdir())) == 2
-
-
-def test_cache_env_and_damaged_entry(tmp_path, monkeypatch):
-    make_fashion(tmp_path / "fm")
-    monkeypatch.setenv("DEMP_CACHE", str(tmp_path / "envcache"))
-    load_dataset("fashion_mnist", root=str(tmp_path / "fm"))
-    (entry,) = (tmp_path / "envcache").iterdir()
-    (entry / "train_x.npy").write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match="damaged cache"):
-        again = load_dataset("fashion_mnist", root=str(tmp_path / "fm"))
-    assert again.train_x.shape == (6, 1, 5, 4)
-
-
-# ----------------------------------------------------------------------------- batches
-
-
-def test_crop_flip_matches_reference():
-    x = torch.arange(2 * 3 * 5 * 6, dtype=torch.int64).remainder(256).to(torch.uint8).view(2, 3, 5, 6)
-    offsets = torch.tensor([[0, 4], [3, 1]])
-    flips = torch.tensor([False, True])
-    out = crop_flip(x, offsets, flips, pad=2)
-    padded = np.pad(x.numpy(), ((0, 0), (0, 0), (2, 2), (2, 2)))
-    for i, ((dy, dx), flip) in enumerate(zip(offsets.tolist(), flips.tolist())):
-        expected = padded[i, :, dy:dy + 5, dx:dx + 6]
-        if flip:
-            expected = expected[:, :, ::-1]
-        assert np.array_equal(out[i].numpy(), expected)
-    centred = crop_flip(x, torch.full((2, 2), 2), torch.zeros(2, dtype=torch.bool), pad=2)
-    assert torch.equal(centred, x)
-
-
-def test_loader_shapes_normalisation_and_len():
-    s = const_splits(10)
-    loader = BatchLoader(s.train_x, s.train_y, 4, mean=s.mean, std=s.std, train=False, augment=None)
-    batches = list(loader)
-    assert len(loader) == 3 and [b[0].shape[0] for b in batches] == [4, 4, 2]
-    x, y = batches[0]
-    assert x.dtype == torch.float32 and y.dtype == torch.int64 and x.shape == (4, 3, 8, 8)
-    assert y.tolist() == [0, 1, 2, 3]  # eval order is fixed
-    assert torch.allclose(x[:, :, 0, 0], ((y.float() * 10 / 255 - 0.5) / 0.25)[:, None].expand(4, 3))
-    dropped = BatchLoader(s.train_x, s.train_y, 4, mean=s.mean, std=s.std, train=True, augment=None, drop_last=True)
-    assert len(dropped) == 2 and [b[0].shape[0] for b in dropped] == [4, 4]
-    resized = BatchLoader(s.train_x, s.train_y, 4, mean=s.mean, std=s.std, train=False, augment=Augment(resize=16))
-    assert next(iter(resized))[0].shape == (4, 3, 16, 16)
-    with pytest.raises(ValueError, match="drop_last"):
-        BatchLoader(s.train_x, s.train_y, 11, mean=s.mean, std=s.std, train=True, augment=None, drop_last=True)
-
-
-def test_augmentation_changes_images_keeps_labels():
-    s = load_dataset("synthetic")
-    kwargs = dict(mean=s.mean, std=s.std, train=True, seed=3)
-    plain = BatchLoader(s.train_x, s.train_y, 64, augment=None, **kwargs)
-    aug = BatchLoader(s.train_x, s.train_y, 64, augment=Augment(), **kwargs)
-    (xp, yp), (xa, ya) = next(iter(plain)), next(iter(aug))
-    assert torch.equal(yp, ya)  # same shuffle, labels untouched
-    assert xa.shape == xp.shape and not torch.equal(xa, xp)
-    changed = (xa - xp).flatten(1).abs().amax(1) > 0
-    assert changed.float().mean() > 0.8
-
-
-def test_loader_is_deterministic_under_seed():
-    s = load_dataset("synthetic")
-
-    def run(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        loader = BatchLoader(s.train_x, s.train_y, 100, mean=s.mean, std=s.std, train=True,
-                             augment=Augment(), seed=seed)
-        return list(loader) + list(loader)  # two epochs
-
-    a, b, c = run(0), run(0), run(1)
-    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
-    assert not torch.equal(a[0][1], c[0][1])
-    assert not torch.equal(a[0][1], a[len(a) // 2][1])  # epochs reshuffle
-
-
-def test_loader_resumes_mid_epoch():
-    s = load_dataset("synthetic")
-
-    def make() -> BatchLoader:
-        return BatchLoader(s.train_x, s.train_y, 50, mean=s.mean, std=s.std, train=True,
-                           augment=Augment(), seed=7)
-
-    reference = make()
-    expected = list(reference) + list(reference) + list(reference)  # epochs 0..2, 11 batches each
-    interrupted = make()
-    list(interrupted)
-    it = iter(interrupted)
-    for _ in range(4):
-        next(it)
-    state = interrupted.state_dict()
-    assert state["epoch"] == 1 and state["position"] == 4
-    resumed = make()
-    resumed.load_state_dict(state)
-    got = list(resumed) + list(resumed)
-    assert len(got) == 7 + 11
-    for (x1, y1), (x2, y2) in zip(got, expected[11 + 4:]):
-        assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    boundary = make()
-    list(boundary)
-    assert boundary.state_dict()["epoch"] == 1 and boundary.state_dict()["position"] == 0
-
-
-def test_probe_batches():
-    s = const_splits(10)
-    probes = probe_batches(s, 7, batch_size=3)
-    assert [p.shape[0] for p in probes] == [3, 3, 1]
-    assert torch.equal(torch.cat(probes), normalize(s.train_x[:7], s.mean, s.std))
-    assert probe_batches(s, 100, resize=4)[0].shape == (10, 3, 4, 4)
 
 
 # ----------------------------------------------------------------------------- ImageFolderDataset
@@ -387,32 +263,22 @@ def test_image_folder_dataset(tmp_path):
         ImageFolderDataset(root, "test")
 
 
-def test_cifar_without_root_needs_demp_data(monkeypatch, tmp_path):
-    monkeypatch.delenv("DEMP_DATA", raising=False)
-    with pytest.raises(DataError, match="DEMP_DATA"):
-        data._cifar_source(None)
-    monkeypatch.setenv("DEMP_DATA", str(tmp_path / "nowhere.zip"))
-    with pytest.raises(DataError, match="no CIFAR-10 found at DEMP_DATA"):
-        data._cifar_source(None)
-    assert isinstance(DataError("x"), DempError)
-
-
 # ----------------------------------------------------------------------------- real CIFAR-10 zip
 
 
 @pytest.mark.skipif(not REAL_ZIP.is_file(), reason=f"{REAL_ZIP} not present")
 def test_real_cifar_zip_light():
-    source = data._cifar_source(str(REAL_ZIP))
+    source = sources._cifar_source(str(REAL_ZIP))
     assert source.kind == "zip"
     with zipfile.ZipFile(REAL_ZIP) as zf:
-        indexed, classes = data._index_images(zf.namelist(), REAL_ZIP)
+        indexed, classes = sources._index_images(zf.namelist(), REAL_ZIP)
     assert classes == CIFAR_CLASSES
     assert len(indexed["train"]) == 50000 and len(indexed["test"]) == 10000
     sample = indexed["train"][:20]
-    x = data.decode_images(data._read_members(REAL_ZIP, [n for n, _ in sample]))
+    x = sources.decode_images(sources._read_members(REAL_ZIP, [n for n, _ in sample]))
     assert x.shape == (20, 3, 32, 32) and x.dtype == np.uint8
     assert [label for _, label in sample] == list(range(10)) * 2
-    if data.cache_folder("cifar10", data._source_files(source)).is_dir():  # full check only when cached
+    if cache_folder("cifar10", sources._source_files(source)).is_dir():  # full check only when cached
         splits = load_dataset("cifar10", root=str(REAL_ZIP))
         assert splits.train_x.shape == (50000, 3, 32, 32) and splits.test_x.shape == (10000, 3, 32, 32)
         assert splits.train_y.bincount().tolist() == [5000] * 10

@@ -1,28 +1,48 @@
-"""Sweeps: schema errors, planning, a tiny grid on synthetic data that runs, records a failing
-run, resumes without redoing finished runs, adds extra seeds and writes summary.csv."""
+"""Sweep and study files: schema errors that name the bad key, the checking helpers, run
+names, planning order and the layers of overrides in each run's Config."""
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 from demp.errors import DempError
-from demp.experiments.reporting import COLUMNS
-from demp.experiments.sweep import load_sweep, plan_extra_seeds, plan_runs, run_config, run_name, run_sweep
+from demp.experiments.spec import (load_study, load_sweep, numbers, overrides, plan_runs, plan_study, run_config,
+                                   run_name, study_config)
 
-TINY = {"data.name": "synthetic", "model.name": "small_cnn", "model.width": 0.125, "train.epochs": 1,
+SWEEP_TINY = {"data.name": "synthetic", "model.name": "small_cnn", "model.width": 0.125, "train.epochs": 1,
         "train.max_steps": 3, "train.batch_size": 64, "train.log_every": 1, "method.prune_every": 2,
         "data.probe_size": 128, "data.probe_batch": 64, "method.score_batches": 1,
         "method.rounds": 1}
 
+STUDY_TINY = {"data.name": "synthetic", "model.name": "mlp", "model.width": 1.0, "model.kwargs": {"hidden": [16, 16, 16]},
+        "train.epochs": 1, "train.max_steps": 4, "train.batch_size": 64, "train.log_every": 1,
+        "train.eval_every_epoch": False, "data.probe_size": 128, "data.probe_batch": 64,
+        "method.prune_every": 2}
+
 
 def write_sweep(folder: Path, **content) -> Path:
     path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump({"set": TINY, **content}, sort_keys=False))
+    path.write_text(yaml.safe_dump({"set": SWEEP_TINY, **content}, sort_keys=False))
     return path
+
+
+def write_study(folder: Path, **content) -> Path:
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump({"set": STUDY_TINY, **content}, sort_keys=False))
+    return path
+
+
+def test_checking_helpers(tmp_path: Path):
+    path = tmp_path / "x.yaml"
+    assert numbers(["1e-3", 2], path, "k") == (1e-3, 2.0) and numbers(3, path, "k", int) == (3,)
+    with pytest.raises(DempError, match=r"x.yaml: k: expected a number or a list of numbers, got True"):
+        numbers([True], path, "k")
+    with pytest.raises(DempError, match="k: must not be empty"):
+        numbers([], path, "k")
+    assert overrides({"train": {"epochs": 3, "kw": {}}, "seed": 1}, path, "set") == \
+        {"train.epochs": 3, "train.kw": {}, "seed": 1}
 
 
 def test_schema_errors_name_the_bad_key(tmp_path: Path):
@@ -73,60 +93,11 @@ def test_plan_names_order_and_override_layers(tmp_path: Path):
     assert run_name("demp", "adamw", 1e-05, 3) == "demp-adamw-1e-05-s3"
 
 
-def test_tiny_grid_runs_resumes_and_reports(tmp_path: Path, capsys):
-    path = write_sweep(tmp_path, grid=[
-        {"method": "dense"},
-        {"method": "demp", "knob": [0.01, 0.3]},
-        {"method": "snap", "target": [0.5]},
-        {"method": "random", "target": [0.5], "set": {"model.kwargs.bogus": 1}},   # fails to build
-    ], extra_seeds={"seeds": [1], "near_units_removed": [0.5]})
-    out = tmp_path / "out"
-    run_sweep(path, out=str(out), dry_run=True)
-    planned = capsys.readouterr().out
-    assert "grid: 5 runs" in planned and "demp-adamw-0.3-s0" in planned and "new" in planned
-    assert not out.exists()
-
-    outcomes = {o.name: o for o in run_sweep(path, out=str(out))}
-    assert outcomes["random-adamw-0.5-s0"].status == "failed"
-    assert "bogus" in (out / "random-adamw-0.5-s0" / "error.txt").read_text()
-    done = {n for n, o in outcomes.items() if o.status == "done"}
-    grid = {"dense-adamw-s0", "demp-adamw-0.01-s0", "demp-adamw-0.3-s0", "snap-adamw-0.5-s0"}
-    assert grid | {"dense-adamw-s1", "snap-adamw-0.5-s1"} <= done        # extra seeds: dense + snap
-    assert len([n for n in done if n.startswith("demp-") and n.endswith("-s1")]) == 1
-    with (out / "summary.csv").open() as f:
-        rows = list(csv.reader(f))
-    assert tuple(rows[0]) == COLUMNS and len(rows) == 1 + len(done)
-    assert (out / "report.md").is_file() and (out / "acc_vs_units.png").is_file()
-    summary = json.loads((out / "dense-adamw-s0" / "summary.json").read_text())
-    assert summary["method"] == "dense" and summary["seed"] == 0
-
-    stamps = {n: (out / n / "summary.json").stat().st_mtime_ns for n in done}
-    again = run_sweep(path, out=str(out))
-    assert all(o.status == "skipped" for o in again) and len(again) == len(outcomes)
-    assert stamps == {n: (out / n / "summary.json").stat().st_mtime_ns for n in done}
-    assert "0 runs done" in capsys.readouterr().out
-
-
-def test_extra_seeds_can_be_limited_to_methods_and_optimizers(tmp_path: Path):
-    path = write_sweep(tmp_path, grid=[{"method": "dense", "optim": ["adamw", "sgd"]},
-                                       {"method": "dense", "variant": "ablation"},
-                                       {"method": "snap", "target": [0.5]}],
-                       extra_seeds={"seeds": [1], "near_units_removed": [0.5], "methods": ["dense"],
-                                    "optims": ["adamw"], "variants": False})
-    runs, _ = plan_extra_seeds(load_sweep(path), tmp_path / "none")
-    assert [r.name for r in runs] == ["dense-adamw-s1"]
+def test_extra_seeds_filters_must_name_known_methods(tmp_path: Path):
     bad = write_sweep(tmp_path, grid=[{"method": "dense"}],
                       extra_seeds={"seeds": [1], "near_units_removed": [0.5], "methods": ["dense", "snp"]})
     with pytest.raises(DempError, match=r"extra_seeds.methods.*unknown \['snp'\]"):
         load_sweep(bad)
-
-
-def test_workers_run_in_processes(tmp_path: Path):
-    path = write_sweep(tmp_path, grid=[{"method": "dense", "optim": ["adamw", "sgd"]}])
-    outcomes = run_sweep(path, out=str(tmp_path / "out"), workers=2, log=lambda _: None)
-    assert sorted(o.status for o in outcomes) == ["done", "done"]
-    cfg = yaml.safe_load((tmp_path / "out" / "dense-sgd-s0" / "config.yaml").read_text())
-    assert cfg["optim"]["name"] == "sgd" and cfg["out"] == str(tmp_path / "out" / "dense-sgd-s0")
 
 
 def test_entry_seeds_and_flops_budget_knob(tmp_path: Path):
@@ -141,3 +112,33 @@ def test_entry_seeds_and_flops_budget_knob(tmp_path: Path):
                      "demp-adamw-f0.75-s1", "demp-adamw-f0.75-s2"]
     cfg = run_config(sweep, {r.name: r for r in plan_runs(sweep)}["demp-adamw-f0.75-s2"])
     assert (cfg.method.target_flops, cfg.method.target_units, cfg.seed) == (0.75, None, 2)
+
+
+def test_study_file_mistakes_name_the_fix(tmp_path: Path):
+    def error(**content) -> str:
+        with pytest.raises(DempError) as e:
+            load_study(write_study(tmp_path, **content))
+        return str(e.value)
+
+    assert "vary: missing" in error(values=[1])
+    assert "values: missing or empty" in error(vary="optim.lr")
+    assert "unknown key 'valus'" in error(vary="optim.lr", valus=[1])
+    assert "drop method.name" in error(vary="optim.lr", values=[0.1], panels={"x": {"method.name": "demp"}})
+    assert "unknown key 'optim.lrr'" in error(vary="optim.lrr", values=[0.1])
+
+
+def test_study_plan_names_and_override_layers(tmp_path: Path):
+    study = load_study(write_study(tmp_path, vary="optim.lr", values=["1e-3", 0.1],
+                                   panels={"adamw": {"optim.name": "adamw"},
+                                           "sgd": {"optim.name": "sgd", "optim.momentum": 0.0}},
+                                   series={"l2": {"method.reg_form": "l2"}}))
+    runs = plan_study(study)
+    assert [r.name for r in runs] == ["adamw-l2-0.001-s0", "adamw-l2-0.1-s0", "sgd-l2-0.001-s0", "sgd-l2-0.1-s0"]
+    cfg = study_config(study, runs[2], tmp_path / "x")
+    assert (cfg.method.name, cfg.optim.name, cfg.optim.momentum, cfg.optim.lr, cfg.method.reg_form) == \
+        ("count", "sgd", 0.0, 1e-3, "l2")
+    assert runs[0].x == 1e-3
+    labelled = load_study(write_study(tmp_path, vary="noise", values={"none": {"method.noise_peak": 0},
+                                                                      "all": {"method.noise_mode": "all"}}))
+    assert [(r.name, r.x) for r in plan_study(labelled)] == [("none-s0", None), ("all-s0", None)]
+

@@ -1,39 +1,32 @@
-"""Datasets as uint8 tensors decoded once and cached, with augmentation done on whole batches.
+"""Dataset sources: where each dataset lives, how it is decoded, and the in-memory ``Splits``.
 
-Small image datasets (Fashion-MNIST, CIFAR-10, a synthetic set) live in memory as uint8
-``(N, C, H, W)`` tensors: decoding happens once, the arrays are cached as ``.npy`` files, and
-``BatchLoader`` crops, flips and normalises a whole batch with a few tensor ops, so the data
-side costs little next to a CNN training step on CPU.  ImageNet-style folders are too large
-for that and go through the lazy ``ImageFolderDataset`` with a ``torch.utils.data.DataLoader``.
+Small image datasets (Fashion-MNIST, CIFAR-10, a synthetic set) become uint8 ``(N, C, H, W)``
+tensors: ``load_dataset`` decodes a source once and reads it from the cache
+(``demp.app.data.cache``) afterwards.  CIFAR-10 is accepted as the official python batches, an
+image folder or a zip of one.  ImageNet-style folders are too large for memory and are decoded
+lazily, one image at a time, by ``ImageFolderDataset``.
 """
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
-import json
 import math
 import multiprocessing
 import os
 import pickle
-import shutil
-import uuid
-import warnings
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from demp.app.data.cache import cache_folder, read_cache, write_cache
 from demp.errors import DempError
-
-if TYPE_CHECKING:
-    from demp.app.config import Config
 
 DATASETS = ("fashion_mnist", "cifar10", "synthetic")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -43,7 +36,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_CACHE_VERSION = 1
 _POOL_MIN_IMAGES = 4096  # below this a process pool costs more than it saves
 _CHUNK = 2048
 _CIFAR_FORMS = (
@@ -266,6 +258,7 @@ def _load_batch(path: Path) -> dict[str, object]:
 def _decode_cifar_pickle(folder: Path) -> Splits:
     """Decode the official 'cifar-10-batches-py' folder."""
     def part(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels of the named batch files, concatenated."""
         xs, ys = [], []
         for name in names:
             batch = _load_batch(folder / name)
@@ -343,8 +336,8 @@ def _decode_chunk(items: list[tuple[str, bytes | str]]) -> np.ndarray:
     return out
 
 
-def _workers() -> int:
-    """CPU cores this process may use (capped at 8)."""
+def worker_count() -> int:
+    """Worker processes for decoding and DataLoaders: the CPU cores this process may use, at most 8."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(cores, 8))
 
@@ -352,7 +345,7 @@ def _workers() -> int:
 def decode_images(items: Sequence[tuple[str, bytes | str]]) -> np.ndarray:
     """Decode (name, bytes or path) images to uint8 (n, 3, H, W), in parallel processes when many."""
     chunks = [list(items[i:i + _CHUNK]) for i in range(0, len(items), _CHUNK)]
-    workers = min(_workers(), len(chunks))
+    workers = min(worker_count(), len(chunks))
     if workers > 1 and len(items) >= _POOL_MIN_IMAGES and "fork" in multiprocessing.get_all_start_methods():
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             parts = list(pool.map(_decode_chunk, chunks))
@@ -408,6 +401,7 @@ def make_synthetic(n_train: int = 512, n_test: int = 256, *, num_classes: int = 
     patterns = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
 
     def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` noisy images with balanced, shuffled labels."""
         y = (torch.arange(n) % num_classes)[torch.randperm(n, generator=g)]
         noise = torch.randn(n, channels, size, size, generator=g)
         x = (0.2 + 0.6 * patterns[y] + 0.12 * noise).clamp(0, 1)
@@ -417,264 +411,6 @@ def make_synthetic(n_train: int = 512, n_test: int = 256, *, num_classes: int = 
     test_x, test_y = draw(n_test)
     mean, std = channel_stats(train_x)
     return Splits(train_x, train_y, test_x, test_y, [f"class{i}" for i in range(num_classes)], mean, std)
-
-
-# ----------------------------------------------------------------------------- cache
-
-
-def cache_root(cache_dir: str | None = None) -> Path:
-    """The cache folder: ``cache_dir``, else $DEMP_CACHE, else ~/.cache/demp."""
-    return Path(cache_dir or os.environ.get("DEMP_CACHE") or Path.home() / ".cache" / "demp").expanduser()
-
-
-def _fingerprint(paths: Sequence[Path]) -> list[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of each file: changes whenever a source file is replaced or edited."""
-    out = []
-    for p in paths:
-        st = p.stat()
-        out.append((os.path.abspath(p), st.st_size, st.st_mtime_ns))
-    return sorted(out)
-
-
-def _source_files(source: _Source | dict[str, Path]) -> list[Path]:
-    """The files whose size and mtime key the cache of a dataset."""
-    if isinstance(source, dict):
-        return list(source.values())
-    if source.kind == "zip":
-        return [source.path]
-    if source.kind == "pickle":
-        return [source.path / f for f in os.listdir(source.path) if (source.path / f).is_file()]
-    return [Path(d, f) for split in ("train", "test") for d, _, files in os.walk(source.path / split)
-            for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
-
-
-def cache_folder(name: str, source_files: Sequence[Path], cache_dir: str | None = None) -> Path:
-    """Cache folder of a dataset, keyed by its name and the path, size and mtime of its source files."""
-    key = json.dumps([_CACHE_VERSION, name, _fingerprint(source_files)])
-    return cache_root(cache_dir) / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
-
-
-def _read_cache(folder: Path) -> Splits | None:
-    """Load a cached dataset, or None when absent or unreadable (a damaged entry is removed)."""
-    if not (folder / "meta.json").is_file():
-        return None
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-        arrays = [torch.from_numpy(np.load(folder / f"{k}.npy")) for k in ("train_x", "train_y", "test_x", "test_y")]
-        return Splits(*arrays, meta["classes"], tuple(meta["mean"]), tuple(meta["std"]))
-    except (OSError, EOFError, ValueError, KeyError) as e:
-        warnings.warn(f"ignoring damaged cache {folder} ({e}); decoding again")
-        shutil.rmtree(folder, ignore_errors=True)
-        return None
-
-
-def _write_cache(folder: Path, splits: Splits) -> None:
-    """Save a dataset as .npy files in a temporary folder, then rename it into place atomically."""
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir(parents=True)
-        for key in ("train_x", "train_y", "test_x", "test_y"):
-            np.save(tmp / f"{key}.npy", getattr(splits, key).numpy())
-        meta = {"classes": splits.classes, "mean": splits.mean, "std": splits.std}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        os.replace(tmp, folder)
-    except OSError as e:
-        if not (folder / "meta.json").is_file():  # a concurrent writer winning the rename is fine
-            warnings.warn(f"could not write the data cache {folder} ({e}); set DEMP_CACHE or "
-                          "cache_dir to a writable folder to avoid decoding on every run")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-# ----------------------------------------------------------------------------- load_dataset
-
-
-def load_dataset(name: str, root: str | None = None, subset: int | None = None,
-                 cache_dir: str | None = None, seed: int = 0) -> Splits:
-    """Load an in-memory dataset (decoded once, then read from the cache).
-
-    ``subset`` keeps at most the first N training examples and N test examples, evenly spaced
-    over the test set (which files order by class), so that evaluating a small run costs no more
-    than training it; ``seed`` only affects ``synthetic``, the others are fixed files.
-    """
-    if name == "imagefolder":
-        raise ValueError("'imagefolder' is read lazily: use ImageFolderDataset(root, split) "
-                         "with a torch DataLoader instead of load_dataset")
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)} "
-                         "(and 'imagefolder' via ImageFolderDataset)")
-    if subset is not None and subset < 1:
-        raise ValueError(f"subset must be a positive number of training examples, got {subset}")
-    if name == "synthetic":
-        splits = make_synthetic(seed=seed)
-    else:
-        source = _fashion_files(root) if name == "fashion_mnist" else _cifar_source(root)
-        folder = cache_folder(name, _source_files(source), cache_dir)
-        splits = _read_cache(folder)
-        if splits is None:
-            splits = _decode(source)
-            _write_cache(folder, splits)
-    if subset is not None and subset < len(splits.train_y):
-        train_x, train_y = splits.train_x[:subset].clone(), splits.train_y[:subset].clone()
-        mean, std = channel_stats(train_x)
-        picks = torch.linspace(0, len(splits.test_y) - 1, min(subset, len(splits.test_y))).long()
-        splits = Splits(train_x, train_y, splits.test_x[picks].clone(), splits.test_y[picks].clone(),
-                        splits.classes, mean, std)
-    return splits
-
-
-def _decode(source: _Source | dict[str, Path]) -> Splits:
-    """Decode a dataset from its source files (the slow path the cache avoids)."""
-    if isinstance(source, dict):
-        return _decode_fashion(source)
-    if source.kind == "pickle":
-        return _decode_cifar_pickle(source.path)
-    return _decode_cifar_images(source)
-
-
-# ----------------------------------------------------------------------------- batches
-
-
-@dataclass
-class Augment:
-    """Training augmentation: zero-pad + random crop, random horizontal flip, optional resize."""
-
-    crop_pad: int = 4
-    flip: bool = True
-    resize: int | None = None
-
-    def __post_init__(self) -> None:
-        """Reject settings that cannot work."""
-        if self.crop_pad < 0:
-            raise ValueError(f"crop_pad must be >= 0, got {self.crop_pad}")
-        if self.resize is not None and self.resize < 1:
-            raise ValueError(f"resize must be a positive size or None, got {self.resize}")
-
-
-def crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int) -> torch.Tensor:
-    """Crop each image of a zero-padded batch at its own (dy, dx) in [0, 2*pad], mirrored where ``flips``.
-
-    One gather over the whole batch, so the cost does not grow with python per-image work.
-    """
-    b, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad)) if pad else x
-    wp = w + 2 * pad
-    cols = torch.arange(w, device=x.device).expand(b, w)
-    cols = torch.where(flips[:, None], w - 1 - cols, cols) + offsets[:, 1:2]
-    rows = offsets[:, 0:1] + torch.arange(h, device=x.device)
-    index = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
-    return padded.reshape(b, c, -1).gather(2, index).reshape(b, c, h, w)
-
-
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], resize: int | None = None) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float32 ``(x/255 - mean) / std``, optionally resized (bilinear) to ``resize``."""
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
-    out = x.to(torch.float32).mul_(1.0 / 255).sub_(mean_t).div_(std_t)
-    if resize is not None and resize != out.shape[-1]:
-        out = F.interpolate(out, size=(resize, resize), mode="bilinear", align_corners=False,
-                            antialias=resize < out.shape[-1])
-    return out
-
-
-class BatchLoader:
-    """Iterates (x float32 normalised (B,C,H,W), y int64) over in-memory uint8 images.
-
-    With ``train=True`` the order is shuffled and ``augment`` applied, both drawn per epoch from
-    the loader's own ``torch.Generator(seed)``; with ``train=False`` the order is fixed and only
-    ``augment.resize`` applies.  Iterating yields the remaining batches of the current epoch, then
-    the next ``iter`` starts the next epoch.  ``state_dict``/``load_state_dict`` resume an
-    interrupted epoch exactly: same remaining batches, same order, same augmentation.
-    ``shard = (rank, world_size)`` yields only that rank's contiguous share of every batch.
-    """
-
-    def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, batch_size: int, *,
-                 mean: Sequence[float], std: Sequence[float], train: bool, augment: Augment | None,
-                 seed: int = 0, drop_last: bool = False, device: str | torch.device = "cpu"):
-        if x_uint8.dtype != torch.uint8 or x_uint8.dim() != 4:
-            raise ValueError(f"x_uint8 must be uint8 (N, C, H, W), got {x_uint8.dtype} {tuple(x_uint8.shape)}")
-        if y.shape != (x_uint8.shape[0],):
-            raise ValueError(f"y must have shape ({x_uint8.shape[0]},), got {tuple(y.shape)}")
-        if len(mean) != x_uint8.shape[1] or len(std) != x_uint8.shape[1]:
-            raise ValueError(f"mean/std need {x_uint8.shape[1]} values (one per channel), got {len(mean)}/{len(std)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if drop_last and batch_size > len(y):
-            raise ValueError(f"batch_size {batch_size} > {len(y)} examples with drop_last=True yields no batches")
-        self.device = torch.device(device)
-        self.x = x_uint8.to(self.device)  # kept whole on the device: batches never cross the bus
-        self.y = y.to(device=self.device, dtype=torch.int64)
-        self.batch_size = batch_size
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.train, self.augment, self.drop_last = train, augment, drop_last
-        self.generator = torch.Generator().manual_seed(seed)
-        self.epoch, self.position = 0, 0
-        self.shard = (0, 1)
-        self._epoch_state = self.generator.get_state()
-        self._plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-
-    def __len__(self) -> int:
-        """Batches per epoch."""
-        n = len(self.y)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def _epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Order, crop offsets and flips for every position of this epoch, drawn once per epoch."""
-        if self._plan is None:
-            n, g = len(self.y), self.generator
-            order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
-            pad = self.augment.crop_pad if self.train and self.augment else 0
-            offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=g) if pad else torch.full((n, 2), pad)
-            use_flip = self.train and self.augment is not None and self.augment.flip
-            flips = torch.rand(n, generator=g) < 0.5 if use_flip else torch.zeros(n, dtype=torch.bool)
-            self._plan = (order, offsets, flips)
-        return self._plan
-
-    def _batch(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Build the batch starting at ``start`` in the epoch order."""
-        order, offsets, flips = self._epoch_plan()
-        sl = shard_of(torch.arange(start, min(start + self.batch_size, len(self.y))), self.shard)
-        idx = order[sl].to(self.device)
-        x = self.x.index_select(0, idx)
-        if self.train and self.augment and (self.augment.crop_pad or self.augment.flip):
-            x = crop_flip(x, offsets[sl].to(self.device), flips[sl].to(self.device), self.augment.crop_pad)
-        resize = self.augment.resize if self.augment else None
-        return normalize(x, self.mean, self.std, resize), self.y.index_select(0, idx)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield the remaining batches of the current epoch; the epoch ends with its last batch."""
-        for pos in range(self.position, len(self)):
-            batch = self._batch(pos * self.batch_size)
-            self.position = pos + 1
-            if self.position == len(self):
-                self.epoch, self.position, self._plan = self.epoch + 1, 0, None
-                self._epoch_state = self.generator.get_state()
-            yield batch
-
-    def state_dict(self) -> dict:
-        """Epoch, batches already yielded in it, and the generator state at the start of the epoch."""
-        return {"epoch": self.epoch, "position": self.position, "generator": self._epoch_state.clone()}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Resume from ``state_dict()``: the next iteration yields the rest of that epoch."""
-        missing = {"epoch", "position", "generator"} - set(state)
-        if missing:
-            raise ValueError(f"loader state is missing {sorted(missing)}")
-        if not 0 <= state["position"] <= len(self):
-            raise ValueError(f"loader state position {state['position']} is outside 0..{len(self)} "
-                             "(was it saved with another dataset or batch size?)")
-        self.generator.set_state(state["generator"])
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._epoch_state, self._plan = state["generator"].clone(), None
-
-
-def probe_batches(splits: Splits, n_images: int, batch_size: int = 512,
-                  resize: int | None = None) -> list[torch.Tensor]:
-    """The first ``n_images`` training images (at most all), normalised and unaugmented, in batches."""
-    if n_images < 1:
-        raise ValueError(f"n_images must be >= 1, got {n_images}")
-    return [normalize(x, splits.mean, splits.std, resize)
-            for x in splits.train_x[:n_images].split(batch_size)]
 
 
 # ----------------------------------------------------------------------------- ImageNet-style folders
@@ -693,6 +429,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
                  std: Sequence[float] = IMAGENET_STD, scale: tuple[float, float] = (0.08, 1.0),
                  ratio: tuple[float, float] = (3 / 4, 4 / 3), crop_fraction: float = 0.875,
                  classes: Sequence[str] | None = None):
+        """Index ``root/split/<class>/`` images (``classes`` fixes the label order, else sorted folders)."""
         folder = Path(root) / split
         if not folder.is_dir():
             raise DataError(f"image folder {folder} does not exist; expected {root}/{split}/<class>/*.jpg|png "
@@ -729,6 +466,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return (w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """Decode, crop (random when training, centred otherwise) and normalise image ``index``."""
         path, label = self.samples[index]
         s = self.image_size
         try:
@@ -754,120 +492,62 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return (x - self.mean) / self.std, label
 
 
-# ----------------------------------------------------------------------------- download
+# ----------------------------------------------------------------------------- cache keys
 
 
-# ----------------------------------------------------------------------------- a run's data
+def _source_files(source: _Source | dict[str, Path]) -> list[Path]:
+    """The files whose size and mtime key the cache of a dataset."""
+    if isinstance(source, dict):
+        return list(source.values())
+    if source.kind == "zip":
+        return [source.path]
+    if source.kind == "pickle":
+        return [source.path / f for f in os.listdir(source.path) if (source.path / f).is_file()]
+    return [Path(d, f) for split in ("train", "test") for d, _, files in os.walk(source.path / split)
+            for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
 
-EVAL_BATCH = 1024          # in-memory test sets
-FOLDER_EVAL_BATCH = 256    # image folders (full-size images decoded by workers)
+
+# ----------------------------------------------------------------------------- load_dataset
 
 
-def shard_of(batch: torch.Tensor, shard: tuple[int, int]) -> torch.Tensor:
-    """Rank ``shard[0]``'s contiguous share of ``batch`` split over ``shard[1]`` ranks."""
-    rank, world = shard
-    return batch if world == 1 else batch.tensor_split(world)[rank]
+def load_dataset(name: str, root: str | None = None, subset: int | None = None,
+                 cache_dir: str | None = None, seed: int = 0) -> Splits:
+    """Load an in-memory dataset (decoded once, then read from the cache).
 
-
-class FolderLoader:
-    """``BatchLoader``'s interface over an ``ImageFolderDataset`` decoded lazily by workers.
-
-    The order of each epoch is drawn from (seed, epoch), so a resumed epoch yields the same
-    remaining images; the random crops come from the workers' generators and are not
-    replayed bit for bit.
+    ``subset`` keeps at most the first N training examples and N test examples, evenly spaced
+    over the test set (which files order by class), so that evaluating a small run costs no more
+    than training it; ``seed`` only affects ``synthetic``, the others are fixed files.
     """
-
-    def __init__(self, dataset: ImageFolderDataset, batch_size: int, *, train: bool,
-                 seed: int, device: torch.device):
-        self.dataset, self.batch_size, self.train, self.seed, self.device = dataset, batch_size, train, seed, device
-        self.workers = min(8, os.cpu_count() or 1)
-        self.epoch, self.position = 0, 0
-        self.shard = (0, 1)         # (rank, world size): yield that rank's share of each batch
-
-    def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.dataset)
-        order = (torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
-                 if self.train else torch.arange(n))
-        batches = [shard_of(b, self.shard).tolist()
-                   for b in order[self.position * self.batch_size:].split(self.batch_size)]
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=batches, num_workers=self.workers, pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(self.seed + self.epoch * 7919 + self.position))
-        for x, y in loader:
-            self.position += 1
-            if self.position == len(self):
-                self.epoch, self.position = self.epoch + 1, 0
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+    if name == "imagefolder":
+        raise ValueError("'imagefolder' is read lazily: use ImageFolderDataset(root, split) "
+                         "with a torch DataLoader instead of load_dataset")
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)} "
+                         "(and 'imagefolder' via ImageFolderDataset)")
+    if subset is not None and subset < 1:
+        raise ValueError(f"subset must be a positive number of training examples, got {subset}")
+    if name == "synthetic":
+        splits = make_synthetic(seed=seed)
+    else:
+        source = _fashion_files(root) if name == "fashion_mnist" else _cifar_source(root)
+        folder = cache_folder(name, _source_files(source), cache_dir)
+        splits = read_cache(folder, Splits)
+        if splits is None:
+            splits = _decode(source)
+            write_cache(folder, splits)
+    if subset is not None and subset < len(splits.train_y):
+        train_x, train_y = splits.train_x[:subset].clone(), splits.train_y[:subset].clone()
+        mean, std = channel_stats(train_x)
+        picks = torch.linspace(0, len(splits.test_y) - 1, min(subset, len(splits.test_y))).long()
+        splits = Splits(train_x, train_y, splits.test_x[picks].clone(), splits.test_y[picks].clone(),
+                        splits.classes, mean, std)
+    return splits
 
 
-@dataclass
-class Data:
-    """What the loop needs from a dataset: loaders, probe images and the input/output shapes."""
-    train: Any                      # BatchLoader or FolderLoader
-    test: Any
-    probe: list[torch.Tensor]       # un-augmented training images for dead checks
-    score_batches: Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]
-    num_classes: int
-    in_channels: int
-    image_size: int
-
-
-def _take(loader: Any, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The first ``n`` batches of a fresh loader (across epochs if needed)."""
-    batches: list[tuple[torch.Tensor, torch.Tensor]] = []
-    while len(batches) < n:
-        for batch in loader:
-            batches.append(batch)
-            if len(batches) == n:
-                break
-    return batches
-
-
-def load_run_data(cfg: "Config", device: torch.device) -> Data:
-    """Loaders for the configured dataset; DataError (with the fix) when it is missing."""
-    d, bs = cfg.data, cfg.train.batch_size
-    if d.name == "imagefolder":
-        return _folder_data(cfg, device)
-    splits = load_dataset(d.name, d.root, d.subset, seed=cfg.seed)
-    augment = (Augment(crop_pad=4 if d.augment else 0, flip=d.augment, resize=d.resize)
-               if d.augment or d.resize else None)
-
-    def loader(x: torch.Tensor, y: torch.Tensor, batch: int, train: bool, seed: int) -> BatchLoader:
-        return BatchLoader(x, y, batch, mean=splits.mean, std=splits.std, train=train,
-                                     augment=augment, seed=seed, device=device)
-
-    probe = probe_batches(splits, cfg.data.probe_size, cfg.data.probe_batch, d.resize)
-    return Data(train=loader(splits.train_x, splits.train_y, bs, True, cfg.seed),
-                test=loader(splits.test_x, splits.test_y, EVAL_BATCH, False, cfg.seed),
-                probe=[p.to(device) for p in probe],
-                score_batches=lambda n: _take(loader(splits.train_x, splits.train_y, bs, True, cfg.seed + 1), n),
-                num_classes=splits.num_classes, in_channels=splits.in_channels,
-                image_size=d.resize or splits.image_size)
-
-
-def _folder_data(cfg: "Config", device: torch.device) -> Data:
-    """ImageNet-style folders: root/train/<class>/ and root/val/ (or root/test/)."""
-    root, size, bs = Path(cfg.data.root), cfg.data.resize or 224, cfg.train.batch_size
-    test_split = "val" if (root / "val").is_dir() else "test"
-    train = ImageFolderDataset(root, "train", image_size=size)
-    plain = ImageFolderDataset(root, "train", image_size=size, train=False, classes=train.classes)
-    test = ImageFolderDataset(root, test_split, image_size=size, classes=train.classes)
-    picks = torch.linspace(0, len(plain) - 1, min(cfg.data.probe_size, len(plain))).long().tolist()
-    probe = torch.stack([plain[i][0] for i in picks]).split(cfg.data.probe_batch)
-
-    def loader(ds: ImageFolderDataset, batch: int, is_train: bool, seed: int) -> FolderLoader:
-        return FolderLoader(ds, batch, train=is_train, seed=seed, device=device)
-
-    return Data(train=loader(train, bs, True, cfg.seed), test=loader(test, FOLDER_EVAL_BATCH, False, cfg.seed),
-                probe=[p.to(device) for p in probe],
-                score_batches=lambda n: _take(loader(train, bs, True, cfg.seed + 1), n),
-                num_classes=len(train.classes), in_channels=3, image_size=size)
+def _decode(source: _Source | dict[str, Path]) -> Splits:
+    """Decode a dataset from its source files (the slow path the cache avoids)."""
+    if isinstance(source, dict):
+        return _decode_fashion(source)
+    if source.kind == "pickle":
+        return _decode_cifar_pickle(source.path)
+    return _decode_cifar_images(source)

@@ -1,4 +1,4 @@
-"""Shipped configs: every file under configs/ loads and validates (sweep files plan every run),
+"""The config files shipped in configs/: every file loads and validates (sweep files plan every run),
 and the CPU configs and one paper config train a few steps with synthetic data substituted."""
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from demp.app.config import load_config
-from demp.experiments.study import load_study, plan_study
-from demp.experiments.sweep import load_sweep, plan_runs, run_config
+from demp.experiments.spec import load_study, load_sweep, plan_runs, plan_study, run_config
 from demp.app.training import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

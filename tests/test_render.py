@@ -1,0 +1,71 @@
+"""Rendering on fabricated run folders: summary.csv, the plots and report.md of a sweep, the
+widths plot, methods shown from method and label (old and new summaries alike), the
+study plots' log axis."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from demp.experiments.render import log_axis, report
+from demp.experiments.results import COLUMNS, read_csv, row_key
+from demp.experiments.text import format_summary
+from test_results import make_budget_runs, make_run, sweep  # noqa: F401 - sweep is a fixture
+
+
+def test_report_writes_csv_plots_and_markdown(sweep: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    files = report([sweep], out, title="fabricated", plot_runs="demp-adamw-*")
+    with (out / "summary.csv").open() as f:
+        reader = csv.reader(f)
+        assert tuple(next(reader)) == COLUMNS
+        body = list(reader)
+    assert len(body) == 2 * (1 + 4 + 3) + 2          # the failed run has no summary: left out
+    rows = read_csv(out / "summary.csv")
+    assert [r["method"] for r in rows][:2] == ["dense", "dense"]
+    assert rows == sorted(rows, key=row_key)
+    assert rows[0]["knob"] is None and isinstance(rows[0]["seed"], int)
+    for name in ("acc_vs_units.png", "acc_vs_params.png", "acc_vs_train_flops.png",
+                 "run_plots/demp-adamw-0.001-s0_curves.png", "run_plots/demp-adamw-0.001-s0_live_units.png"):
+        assert (out / name).stat().st_size > 10_000, name
+    assert not (out / "run_plots" / "snap-adamw-0.3-s0_curves.png").exists()
+    text = files["report.md"].read_text()
+    assert "## At matched units removed" in text and "n/a" in text
+    assert "| demp-adamw-0.004-s1 |" in text and "](acc_vs_units.png)" in text
+    assert "| demp-sgd-0.1-s0 | Traceback: boom |" in text
+
+
+def testlog_axis_only_for_numbers_spanning_a_decade():
+    assert log_axis([1e-3, 1e-2, 1e-1]) == "log"
+    assert log_axis([0.0, 1e-3, 1e-1]) == "symlog"
+    assert log_axis([1.0, 2.0]) is None and log_axis([None, None]) is None
+
+
+
+def test_widths_plot_and_matched_flops_section(tmp_path):
+    root = make_budget_runs(tmp_path / "runs")
+    files = report([root], tmp_path / "out", plot_runs="")
+    assert "widths_at_0.8.png" in files and files["widths_at_0.8.png"].stat().st_size > 1000
+    text = files["report.md"].read_text()
+    assert "## At matched inference FLOPs" in text and "widths_at_0.8" in text
+
+
+def test_old_and_new_variant_summaries_give_the_same_report(tmp_path: Path):
+    """A variant written as 'demp[paper]' (before the label field) or as method demp, label paper."""
+    for folder, method, label in (("old", "demp[paper]", None), ("new", "demp", "paper")):
+        make_run(tmp_path / folder, "dense-adamw-s0", method="dense")
+        make_run(tmp_path / folder, "demp-adamw-0.01-paper-s0", method=method, label=label, knob=0.01,
+                 units=0.4, acc=0.7)
+        make_run(tmp_path / folder, "snap-adamw-0.5-s0", method="snap", knob=0.5, target=0.5, units=0.5, acc=0.72)
+    files = {d: report([tmp_path / d], tmp_path / f"out-{d}", plot_runs="") for d in ("old", "new")}
+    for name in ("summary.csv", "report.md"):
+        assert files["old"][name].read_text() == files["new"][name].read_text(), name
+    assert "| demp-adamw-0.01-paper-s0 | demp[paper] | adamw |" in files["new"]["report.md"].read_text()
+    assert [r["method"] for r in read_csv(files["new"]["summary.csv"])] == ["dense", "snap", "demp[paper]"]
+
+
+def test_format_summary_names_the_variant(tmp_path: Path):
+    run = make_run(tmp_path, "run", method="demp", label="paper", knob=0.01, units=0.5)
+    summary = {**json.loads((run / "summary.json").read_text()), "width": 1.0, "lr": 1e-3, "epochs": 3, "steps": 12}
+    assert format_summary(summary).startswith("demp[paper] on cifar10: vgg16_bn (width 1.0), adamw lr 0.001, "
+                                              "3 epochs / 12 steps, knob 0.01")
