@@ -1,10 +1,12 @@
 """Benchmark helpers that decide what a figure means (timings themselves are not tested)."""
 import importlib.util
+import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(ROOT))    # benchmarks import each other's helpers by name
 
 
 def _load(name: str):
@@ -30,3 +32,9 @@ def test_eval_recalibrated_ranks_runs_near_a_point():
             {"run": "c", "units_removed": 0.8, "acc": 0.9, "acc_recalibrated": 0.9}]
     assert bench.ranking(rows, "acc", 0.5) == ["a", "b"]
     assert bench.ranking(rows, "acc_recalibrated", 0.5) == ["b", "a"]
+
+
+def test_bench_sparse_steps_keep_the_masks():
+    bench = _load("bench_sparse")
+    step = bench.setup(True, every=1)
+    step(), step()                       # two steps with a RigL update in each: runs without error

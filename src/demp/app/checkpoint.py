@@ -5,7 +5,7 @@ import io
 import pickle
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -42,17 +42,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(path: str | Path, *, config: dict, architecture: dict, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, method: Any,
-                    loader: Any, progress: dict) -> None:
+                    loader: Any, progress: dict, sparse: Optional[dict] = None) -> None:
     """Write everything a resumed run needs, atomically.
 
     ``architecture`` is ``demp.app.export.architecture(model)`` (spec and widths of the pruned
-    model); ``progress`` holds the loop's counters and metric accumulators.
+    model); ``progress`` holds the loop's counters and metric accumulators; ``sparse`` the
+    sparsifier's state (masks), if any.
     """
     state = {"format": FORMAT, "config": config, "architecture": architecture,
              "model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
              "method": method.state_dict(), "loader": loader.state_dict(),
-             "rng": rng_state(), "progress": progress}
+             "rng": rng_state(), "progress": progress, "sparse": sparse}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(path, buffer.getvalue())

@@ -21,6 +21,7 @@ from demp.app.data import DATASETS
 from demp.app.methods import METHODS, MethodConfig, method_class, setting_keys
 from demp.app.methods.base import canonical_name
 from demp.app.speed import AUTOCASTS, CHANNELS_LAST
+from demp.core.sparsity import SparseConfig
 from demp.core.schedules import SCHEDULES
 from demp.errors import DempError
 
@@ -117,6 +118,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     method: MethodConfig = field(default_factory=main_job_method)
+    sparse: SparseConfig = field(default_factory=lambda: SparseConfig(method="none"))   # unstructured sparsity
     seed: int = 0
     device: str = "auto"                # auto | cpu | cuda
     threads: Optional[int] = None       # torch CPU threads (None: torch's default)
@@ -128,6 +130,10 @@ class Config:
         _check_names(self)
         _check_ranges(self)
         self.method.validate()
+        try:
+            self.sparse.validate()
+        except DempError as e:
+            raise DempError(f"in the sparse settings (sparse.*): {e}") from None
         return self
 
 

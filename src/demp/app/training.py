@@ -14,7 +14,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -39,6 +39,7 @@ from demp.app.rundir import (CHECKPOINT_NAME, METRICS_NAME, MODEL_NAME, SUMMARY_
                              check_run_dir, check_tensorboard, default_run_dir, start_run_dir)
 from demp.core.batchnorm import choose_statistics
 from demp.core.schedules import make_schedule
+from demp.core.sparsity import Sparsifier, nonzero_params, sparse_flops
 from demp.core.surgery import RemovalReport
 from demp.errors import DempError
 
@@ -195,11 +196,15 @@ class Run:
             self.optimizer, lr_factor(cfg, self.total_steps, self.steps_per_epoch))
         self.scaler = self.speed.scaler()
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        self.sparsifier = (Sparsifier(self.model, self.optimizer, self.example, self.total_steps,
+                                      replace(cfg.sparse, seed=cfg.seed), state=ckpt["sparse"] if ckpt else None)
+                           if cfg.sparse.method != "none" else None)
         self.method = create_method(cfg.method)
         self.method.setup(MethodContext(
             model=self.model, optimizer=self.optimizer, example_inputs=self.example, probe=self.data.probe,
             total_steps=self.total_steps, train_batches=self.data.score_batches, loss_fn=self.criterion,
-            seed=cfg.seed, calib_batches=cfg.data.calib_batches))
+            seed=cfg.seed, calib_batches=cfg.data.calib_batches,
+            follow=(self.sparsifier.masks,) if self.sparsifier else ()))
         if ckpt is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -245,6 +250,7 @@ class Run:
         save_checkpoint(self.run_dir / CHECKPOINT_NAME, config=config_to_dict(self.cfg),
                         architecture=architecture(self.model), model=self.model, optimizer=self.optimizer,
                         scheduler=self.scheduler, scaler=self.scaler, method=self.method,
+                        sparse=self.sparsifier.state_dict() if self.sparsifier else None,
                         loader=self.data.train, progress=asdict(self.state))
 
     def evaluate(self, record: dict) -> None:
@@ -273,6 +279,8 @@ class Run:
             lr = self.optimizer.param_groups[0]["lr"]
             loss, report = train_step(self.forward, self.speed.batch(x), y, self.criterion, self.optimizer,
                                       self.scaler, self.method, self.speed.autocast_context, s.step)
+            if self.sparsifier is not None:   # after the method's hook: masks win over DemP's noise
+                self.sparsifier.step()
             self.scheduler.step()
             s.count_step(loss, len(x) * self.world.size * self.arch.train_flops)
             s.wall_s += time.perf_counter() - clock
@@ -326,7 +334,7 @@ class Run:
                  "seed": c.seed, "model": c.model.name, "width": c.model.width, "dataset": c.data.name,
                  "batch_size": c.train.batch_size, "world_size": self.world.size,
                  "global_batch": c.train.batch_size, "speed": self.speed.record(),
-                 "bn_statistics": statistics, "run_dir": str(self.run_dir)}
+                 "bn_statistics": statistics, **self._sparse_summary(), "run_dir": str(self.run_dir)}
         summary = self.world.same(run_summary(s.initial, a, final, asdict(s), about))   # rank 0's, written
         if self.world.main:
             atomic_write_json(self.run_dir / SUMMARY_NAME, summary)
@@ -343,6 +351,19 @@ class Run:
             log.info("BatchNorm statistics re-estimated for the final network (probe %s %.4f -> %.4f)",
                      choice.criterion, choice.trained, choice.reestimated)
         return asdict(choice)
+
+    def _sparse_summary(self) -> dict[str, Any]:
+        """Non-zero parameters and the forward FLOPs a sparse kernel would need, for every run
+        (a dense run's are its own counts), and the sparse settings and layer densities."""
+        initial = self.state.initial
+        nonzero, flops = nonzero_params(self.model), sparse_flops(self.model, self.example)
+        out = {"nonzero_params_final": nonzero, "nonzero_params_remaining": nonzero / initial["params"],
+               "sparse_fwd_flops_final": flops, "sparse_fwd_flops_remaining": flops / initial["fwd_flops"],
+               "sparse": None}
+        if self.sparsifier is not None:
+            out["sparse"] = {**asdict(self.sparsifier.config),
+                             "layer_density": {n: self.sparsifier.density_of(n) for n in self.sparsifier.layers}}
+        return out
 
     def _knob_name(self) -> Optional[str]:
         """The setting ``knob`` holds (a sweep varies it): reg_peak, target_units, target..."""

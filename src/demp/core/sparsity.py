@@ -42,7 +42,7 @@ DEFAULT_END = {"gmp": 0.8, "rigl": 0.75}
 @dataclass
 class SparseConfig:
     """Settings of unstructured sparse training."""
-    method: str = "rigl"           # gmp | rigl
+    method: str = "rigl"           # gmp | rigl (none: no sparsity; the run config's default)
     density: float = 0.2           # fraction of each sparse layer's weights kept (overall, by ERK)
     distribution: str = "erk"      # erk | uniform
     every: int = 100               # steps between mask updates
@@ -55,7 +55,8 @@ class SparseConfig:
         """Raise DempError naming the first bad setting; return self."""
         end = self.last
         checks = [
-            (self.method in SPARSE_METHODS, f"unknown sparse method '{self.method}'; choose one of {', '.join(SPARSE_METHODS)}"),
+            (self.method in SPARSE_METHODS + ("none",),
+             f"unknown sparse method '{self.method}'; choose one of none, {', '.join(SPARSE_METHODS)}"),
             (0 < self.density <= 1, f"sparse density must be the fraction of weights kept, in (0, 1], got {self.density}"),
             (self.distribution in DISTRIBUTIONS,
              f"unknown sparse distribution '{self.distribution}'; choose one of {', '.join(DISTRIBUTIONS)}"),
@@ -119,11 +120,16 @@ class Sparsifier:
     """Masks on the Conv/Linear weights of ``model`` (the first layer dense), kept by demp.
 
     Call ``step()`` after every optimizer step (after ``DemonPruner.step()`` when both run).
+    The masks are drawn and applied at once; with ``state`` (a ``state_dict()``, to resume) they
+    are the saved ones and the model, already holding its saved weights, is left as it is.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, example_inputs: Any,
-                 total_steps: int, config: Optional[SparseConfig] = None, **options: Any):
+                 total_steps: int, config: Optional[SparseConfig] = None, state: Optional[dict] = None,
+                 **options: Any):
         self.config = SparseConfig(**{**(asdict(config) if config else {}), **options}).validate()
+        if self.config.method == "none":
+            raise DempError("sparse method 'none' makes nothing sparse; choose gmp or rigl")
         check_inputs(example_inputs, "example_inputs")
         if total_steps < 1:
             raise DempError(f"total_steps must be >= 1, got {total_steps}")
@@ -145,7 +151,10 @@ class Sparsifier:
             else:
                 self.masks[w] = torch.ones_like(w, dtype=torch.bool)
         self.step_count = 0
-        self.apply()
+        if state is not None:
+            self.load_state_dict(state)
+        else:
+            self.apply()
 
     # ------------------------------------------------------------------ per step
     def _target(self, name: str, density: Optional[float] = None) -> int:
@@ -228,7 +237,9 @@ class Sparsifier:
             if tuple(mask.shape) != tuple(w.shape):
                 raise DempError(f"sparse mask of '{name}' has shape {tuple(mask.shape)} but the layer's weight "
                                 f"{tuple(w.shape)}; rebuild the model at its pruned widths first")
-        self.masks = {self.layers[n].weight: mask.to(self.layers[n].weight.device) for n, mask in state["masks"].items()}
+        self.masks.clear()                      # in place: remove_units(follow=...) holds this dict
+        self.masks.update({self.layers[n].weight: mask.to(self.layers[n].weight.device)
+                           for n, mask in state["masks"].items()})
         self.densities = dict(state["densities"])
         self.step_count = int(state["step"])
 

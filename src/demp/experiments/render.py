@@ -46,6 +46,7 @@ TRADEOFFS = {  # file stem: (row key, x label, x as percent)
     "acc_vs_fwd_flops": ("fwd_flops_remaining", "inference FLOPs remaining (% of dense)", True),
     "acc_vs_train_flops": ("train_flops", "training compute ({}FLOPs, forward+backward, total)", False),
     "acc_vs_wall": ("wall_s", "training time (s, wall-clock; compare runs made on the same quiet machine)", False),
+    "acc_vs_nonzero_params": ("nonzero_params_remaining", "non-zero parameters remaining (% of dense)", True),
 }
 
 
@@ -240,6 +241,8 @@ def report(paths: Sequence[str | Path], out: str | Path, title: str = "DemP repo
     write_csv(rows, files["summary.csv"])
     images = []
     for stem, (key, label, percent) in TRADEOFFS.items():
+        if not any(r.get(key) is not None for r in rows):   # e.g. runs older than the sparse counts
+            continue
         images.append(plot_tradeoff(rows, key, label, percent, out / f"{stem}.png",
                                     f"{title}: test accuracy vs {label.split(' (')[0]}"))
     widths = plot_widths(runs, out / "widths_at_0.8.png")

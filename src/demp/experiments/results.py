@@ -25,7 +25,8 @@ from demp.errors import DempError
 from demp.experiments.spec import PLAN_NAME, StudyRun
 
 COLUMNS = ("method", "optimizer", "knob", "target", "seed", "test_acc", "best_acc", "units_remaining",
-           "params_remaining", "fwd_flops_final", "fwd_flops_remaining", "train_flops", "wall_s")
+           "params_remaining", "fwd_flops_final", "fwd_flops_remaining", "train_flops", "wall_s",
+           "nonzero_params_remaining", "sparse_fwd_flops_remaining")
 METHOD_ORDER = ("dense", "demp", "snap", "cropit", "earlysnap", "earlycrop", "slimming",
                 "magnitude", "random")
 MATCHED_VALUES = ("test_acc", "params_remaining", "train_flops", "speedup")

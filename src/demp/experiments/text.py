@@ -83,6 +83,11 @@ def format_summary(summary: dict) -> str:
                  else "not met" if "met" in s else "")
         lines.append(f"budget: remove {100 * s['target']:.1f}% of {what}; reached {100 * s['reached']:.1f}%"
                      + (f" ({state})" if state else ""))
+    if s.get("sparse"):
+        sp = s["sparse"]
+        lines.append(f"sparse: {sp['method']} to density {sp['density']:g} ({sp['distribution']}); non-zero parameters "
+                     f"{s['nonzero_params_final']:,} ({100 * s['nonzero_params_remaining']:.1f}% of the dense network's), "
+                     f"sparse forward FLOPs {100 * s['sparse_fwd_flops_remaining']:.1f}%")
     if s.get("speed"):
         sp = s["speed"]
         lines.append(f"training format: {sp['format']} ({sp['how']})")

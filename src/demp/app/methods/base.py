@@ -40,6 +40,7 @@ class MethodContext:
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     seed: int = 0
     calib_batches: int = 8                           # batches for BatchNorm re-estimation (data.calib_batches)
+    follow: tuple = ()                               # per-parameter tensors sliced with removals (sparse masks)
 
 
 @dataclass

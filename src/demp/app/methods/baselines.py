@@ -174,7 +174,7 @@ class _PruningMethod(Method):
             if not any(bool(m.any()) for m in marks.values()):
                 break
             report = remove_units(ctx.model, marks, ctx.example_inputs, ctx.optimizer,
-                                  min_units=self.config.min_units, exact=False)
+                                  min_units=self.config.min_units, exact=False, follow=ctx.follow)
             reports.append(report)
             missing -= report.units_removed
             if report.units_removed == 0:

@@ -29,6 +29,8 @@ class DemPMethod(Method):
         self.pruner = self.pruner_class(ctx.model, ctx.optimizer, ctx.example_inputs, ctx.total_steps,
                                         ctx.probe, calibration=calibration,
                                         config=replace(self.config, seed=ctx.seed))
+        for mapping in ctx.follow:
+            self.pruner.follow(mapping)
 
     def penalty(self) -> torch.Tensor:
         return self.pruner.penalty()
