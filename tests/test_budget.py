@@ -293,3 +293,17 @@ def test_a_budget_is_spent_on_units_that_can_go():
                               target_units=3 / 24, recalibrate=False, budget_tolerance=0.0)
     pruner.prune()
     assert model.cs.out_channels == 5 and model.c0.out_channels == 8 and pruner.budget_met
+
+
+def test_spend_takes_equal_shares_in_whole_steps_then_fills_from_the_costliest():
+    from demp.core.budget import removable_counts, spend
+    dead = {"a": torch.tensor([True] * 6 + [False] * 10), "b": torch.tensor([True] * 10 + [False] * 22)}
+    assert removable_counts(dead) == {"a": 6, "b": 10}
+    assert removable_counts(dead, round_to=8) == {"a": 0, "b": 8}       # 16 -> 16 (10 live), 32 -> 24
+    widths, cost = {"a": 16, "b": 32}, {"a": 10.0, "b": 1.0}
+    assert spend(1000, {"a": 6, "b": 10}, cost, widths) == {"a": 6, "b": 10}       # everything fits
+    # room 35: half of each (a 3, b 5 = 35), nothing left to fill
+    assert spend(35, {"a": 6, "b": 10}, cost, widths) == {"a": 3, "b": 5}
+    # room 42 in steps of 4: the shares (3.8 units each) round down to 0; the fill takes 4 of the
+    # costly site (40) and then nothing more fits
+    assert spend(42, {"a": 8, "b": 8}, cost, widths, round_to=4) == {"a": 4, "b": 0}

@@ -161,6 +161,23 @@ def test_imagefolder_data(tmp_path):
     assert summary["steps"] == 3 and 0 <= summary["test_acc"] <= 1
 
 
+def killed_and_resumed(cfg, out, monkeypatch, at: int = 11) -> dict:
+    """Train ``cfg`` into ``out``, interrupted at step ``at`` (after the checkpoint at step 9, in
+    the second epoch), then resume it to the end; the resumed run's summary."""
+    real_step, calls = training.train_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == at:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(training, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out_dir=str(out), progress=False)
+    monkeypatch.setattr(training, "train_step", real_step)
+    return train(cfg, out_dir=str(out), resume=True, progress=False)
+
+
 @pytest.mark.filterwarnings("ignore:.*early trigger never fired")
 @pytest.mark.parametrize("name", available_methods())
 def test_every_method_trains_and_resumes_exactly(name, tmp_path, monkeypatch):
@@ -170,18 +187,7 @@ def test_every_method_trains_and_resumes_exactly(name, tmp_path, monkeypatch):
     reference = train(cfg, out_dir=str(tmp_path / "whole"), progress=False)
     assert reference["units_final"] <= reference["units_initial"]
 
-    real_step, calls = training.train_step, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 11:  # after the checkpoint at step 9, in the second epoch
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-    monkeypatch.setattr(training, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, out_dir=str(tmp_path / "cut"), progress=False)
-    monkeypatch.setattr(training, "train_step", real_step)
-    resumed = train(cfg, out_dir=str(tmp_path / "cut"), resume=True, progress=False)
+    resumed = killed_and_resumed(cfg, tmp_path / "cut", monkeypatch)
 
     a = load_run_model(tmp_path / "cut" / "model.pt").state_dict()
     b = load_run_model(tmp_path / "whole" / "model.pt").state_dict()
@@ -219,18 +225,7 @@ def test_sparse_training_with_every_kind_of_method_resumes_exactly(name, tmp_pat
     assert reference["sparse_fwd_flops_final"] < reference["fwd_flops_final"]
     if name != "dense":
         assert reference["units_final"] < reference["units_initial"]
-    real_step, calls = training.train_step, []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 11:
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-    monkeypatch.setattr(training, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, out_dir=str(tmp_path / "cut"), progress=False)
-    monkeypatch.setattr(training, "train_step", real_step)
-    resumed = train(cfg, out_dir=str(tmp_path / "cut"), resume=True, progress=False)
+    resumed = killed_and_resumed(cfg, tmp_path / "cut", monkeypatch)
     a = load_run_model(tmp_path / "cut" / "model.pt")
     b = load_run_model(tmp_path / "whole" / "model.pt")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

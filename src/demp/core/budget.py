@@ -36,6 +36,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import torch
+
 from demp.errors import DempError
 
 
@@ -113,3 +115,51 @@ class BudgetController:
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+
+
+# ----------------------------------------------------------------------------- what a check may remove
+
+def removable_counts(candidates: dict[str, torch.Tensor], round_to: int = 1) -> dict[str, int]:
+    """How many of each site's candidate units may go: all, or with ``round_to`` r as many as
+    keep the width a multiple of r (and at least r; candidates beyond that stay, inert)."""
+    out = {}
+    for name, mask in candidates.items():
+        width, dead = mask.numel(), int(mask.sum())
+        keep = width - dead if round_to <= 1 else min(width, max(round_to, -(-(width - dead) // round_to) * round_to))
+        out[name] = width - keep
+    return out
+
+
+def _step_sizes(width: int, round_to: int) -> tuple[int, int]:
+    """The first and the following amounts a site's removal grows by (1 and 1 without rounding;
+    with round_to r: what brings the width to a multiple of r, then r)."""
+    return (1, 1) if round_to <= 1 else (width % round_to or round_to, round_to)
+
+
+def spend(room: float, removable: dict[str, int], cost: dict[str, float], widths: dict[str, int],
+          round_to: int = 1) -> dict[str, int]:
+    """How many units each site gives up so that their cost stays within ``room``.
+
+    Each unit costs what removing it saves (one unit, or its forward FLOPs at the current
+    widths).  Every site gives up the same share of what it may lose (whole steps of
+    ``round_to``), then the room left is filled step by step from the costliest sites down.
+    """
+    total = sum(removable[n] * cost[n] for n in removable)
+    if total <= room + 1e-9:
+        return dict(removable)
+    share = room / total
+    take = {}
+    for n, most in removable.items():
+        first, step = _step_sizes(widths[n], round_to)
+        want = math.floor(most * share)
+        take[n] = 0 if want < first else min(most, first + (want - first) // step * step)
+    left = room - sum(take[n] * cost[n] for n in take)
+    for n in sorted(removable, key=lambda n: -cost[n]):
+        first, step = _step_sizes(widths[n], round_to)
+        while True:
+            more = first if take[n] == 0 else step
+            if take[n] + more > removable[n] or more * cost[n] > left + 1e-9:
+                break
+            take[n] += more
+            left -= more * cost[n]
+    return take

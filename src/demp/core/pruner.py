@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from demp.core import regulariser
 from demp.core.batchnorm import StatisticsChoice, choose_statistics, recalibrated
-from demp.core.budget import BudgetController
+from demp.core.budget import BudgetController, removable_counts, spend
 from demp.core.costs import COST_MEASURES, SiteCost, site_costs
 from demp.core.penalty import Penalty, PenaltySettings
 from demp.core.detection import UnitScan, check_inputs, list_sites, scan_units
@@ -412,53 +412,6 @@ class DemonPruner:
             return 1 - units / self.initial["units"]
         return 1 - self._flops() / max(1, self.initial["flops"])
 
-    def _removable(self, candidates: dict[str, torch.Tensor]) -> dict[str, int]:
-        """How many of each site's candidate units may go: all, or with ``round_to`` r as many as
-        keep the width a multiple of r (and at least r; dead units beyond stay, inert)."""
-        r, out = self.config.round_to, {}
-        for name, mask in candidates.items():
-            width, dead = mask.numel(), int(mask.sum())
-            keep = width - dead if r <= 1 else min(width, max(r, -(-(width - dead) // r) * r))
-            out[name] = width - keep
-        return out
-
-    def _step_sizes(self, width: int) -> tuple[int, int]:
-        """The first and the following amounts a site's removal grows by (1 and 1 without rounding;
-        with round_to r: what brings the width to a multiple of r, then r)."""
-        r = self.config.round_to
-        return (1, 1) if r <= 1 else (width % r or r, r)
-
-    def _within_budget(self, scan: UnitScan, units: int, removable: dict[str, int]) -> dict[str, int]:
-        """How many units each site gives up so that removal does not pass the budget.
-
-        Each unit costs what removing it saves (one unit, or its forward FLOPs at the current
-        widths).  Every site gives up the same share of what it may lose (whole steps of
-        ``round_to``), then the room left is filled step by step from the costliest sites down.
-        """
-        room = self.budget.allowance(self._achieved(units))
-        by_flops = self.config.target_units is None
-        room *= self.initial["flops"] if by_flops else self.initial["units"]
-        cost = {n: (self.costs[n].flops if by_flops and n in self.costs else 1.0) for n in removable}
-        total = sum(removable[n] * cost[n] for n in removable)
-        if total <= room + 1e-9:
-            return removable
-        share = room / total
-        take = {}
-        for n, most in removable.items():
-            first, step = self._step_sizes(scan.dead[n].numel())
-            want = math.floor(most * share)
-            take[n] = 0 if want < first else min(most, first + (want - first) // step * step)
-        left = room - sum(take[n] * cost[n] for n in take)
-        for n in sorted(removable, key=lambda n: -cost[n]):
-            first, step = self._step_sizes(scan.dead[n].numel())
-            while True:
-                more = first if take[n] == 0 else step
-                if take[n] + more > removable[n] or more * cost[n] > left + 1e-9:
-                    break
-                take[n] += more
-                left -= more * cost[n]
-        return take
-
     def prune(self) -> RemovalReport:
         """Dead check now, then remove the dead units from the model and the optimizer."""
         t0 = clock()
@@ -472,9 +425,13 @@ class DemonPruner:
             # budget or rounded widths are spent on units that really go
             dead = planned_removal(self.model, scan.dead, self.example_inputs,
                                    min_units=self.config.min_units, pruners=self.pruners)
-            counts = self._removable(dead)
+            widths = {n: m.numel() for n, m in dead.items()}
+            counts = removable_counts(dead, self.config.round_to)
             if self.budget:
-                counts = self._within_budget(scan, units, counts)
+                by_flops = self.config.target_units is None
+                room = self.budget.allowance(self._achieved(units)) * self.initial["flops" if by_flops else "units"]
+                cost = {n: (self.costs[n].flops if by_flops and n in self.costs else 1.0) for n in counts}
+                counts = spend(room, counts, cost, widths, self.config.round_to)
             dead = {n: torch.zeros_like(m).index_fill_(0, m.nonzero().flatten()[:counts[n]], True)
                     for n, m in dead.items()}
         if any(bool(m.any()) for m in dead.values()):
@@ -515,8 +472,9 @@ class DemonPruner:
         return {n: w - self.dead_kept.get(n, 0) for n, w in self.widths.items()}
 
     def log_values(self) -> dict[str, float]:
-        """What a training loop logs each step: lambda and sigma."""
-        return {"lam": self.lam, "sigma": self.sigma}
+        """What a training loop logs each step: lambda, sigma, and the seconds spent so far in
+        dead checks and removals (with the run's wall time, the share ``check_share`` bounds)."""
+        return {"lam": self.lam, "sigma": self.sigma, "check_s": self._check_spent}
 
     def _refresh_params(self) -> None:
         """Re-read the costs and the penalised parameters with their weights (surgery replaces

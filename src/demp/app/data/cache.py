@@ -4,7 +4,7 @@ Each dataset gets a folder under ``cache_root()`` ($DEMP_CACHE, else ~/.cache/de
 the dataset and a hash of the path, size and mtime of its source files, so replacing or editing
 a source file starts a new entry.  Entries are written to a temporary folder and renamed into
 place, so concurrent runs never read half an entry; a damaged entry is removed and decoded again.
-This module knows nothing of particular datasets: it stores anything shaped like ``Cacheable``.
+This module knows nothing of particular datasets: it stores ``Splits``.
 """
 from __future__ import annotations
 
@@ -15,28 +15,15 @@ import shutil
 import uuid
 import warnings
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, TypeVar
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from demp.app.data.splits import Splits
+
 _CACHE_VERSION = 1
 ARRAYS = ("train_x", "train_y", "test_x", "test_y")
-
-T = TypeVar("T")
-
-
-class Cacheable(Protocol):
-    """What an entry holds: the four arrays of ``ARRAYS``, class names and train-set statistics."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
 
 def cache_root(cache_dir: str | None = None) -> Path:
     """The cache folder: ``cache_dir``, else $DEMP_CACHE, else ~/.cache/demp."""
@@ -58,25 +45,25 @@ def cache_folder(name: str, source_files: Sequence[Path], cache_dir: str | None 
     return cache_root(cache_dir) / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
-def read_cache(folder: Path, build: Callable[..., T]) -> T | None:
-    """``build(*arrays, classes, mean, std)`` from a cached entry, or None when absent or unreadable.
+def read_cache(folder: Path) -> Splits | None:
+    """The cached entry, or None when absent or unreadable.
 
-    ``build`` runs inside the check, so an entry it rejects counts as damaged: it is removed
-    (with a warning) and the caller decodes again.
+    ``Splits`` checks the arrays as it is built, so an entry it rejects counts as damaged: it is
+    removed (with a warning) and the caller decodes again.
     """
     if not (folder / "meta.json").is_file():
         return None
     try:
         meta = json.loads((folder / "meta.json").read_text())
         arrays = [torch.from_numpy(np.load(folder / f"{k}.npy")) for k in ARRAYS]
-        return build(*arrays, meta["classes"], tuple(meta["mean"]), tuple(meta["std"]))
+        return Splits(*arrays, meta["classes"], tuple(meta["mean"]), tuple(meta["std"]))
     except (OSError, EOFError, ValueError, KeyError) as e:
         warnings.warn(f"ignoring damaged cache {folder} ({e}); decoding again")
         shutil.rmtree(folder, ignore_errors=True)
         return None
 
 
-def write_cache(folder: Path, entry: Cacheable) -> None:
+def write_cache(folder: Path, entry: Splits) -> None:
     """Save an entry as .npy files in a temporary folder, then rename it into place atomically."""
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
