@@ -69,3 +69,19 @@ def test_format_summary_names_the_variant(tmp_path: Path):
     summary = {**json.loads((run / "summary.json").read_text()), "width": 1.0, "lr": 1e-3, "epochs": 3, "steps": 12}
     assert format_summary(summary).startswith("demp[paper] on cifar10: vgg16_bn (width 1.0), adamw lr 0.001, "
                                               "3 epochs / 12 steps, knob 0.01")
+
+
+def test_sparse_runs_get_a_plot_against_non_zero_parameters(tmp_path: Path):
+    """Runs with non-zero counts (any run since sparse training) are plotted against them; runs
+    without (older ones) leave that plot out instead of failing."""
+    for name, sparse in (("old", None), ("rigl", 0.2)):
+        make_run(tmp_path / "runs", name, method="dense", label=None if sparse is None else "rigl")
+        if sparse is not None:
+            path = tmp_path / "runs" / name / "summary.json"
+            summary = json.loads(path.read_text())
+            summary.update(nonzero_params_remaining=sparse, sparse_fwd_flops_remaining=0.3)
+            path.write_text(json.dumps(summary))
+    files = report([tmp_path / "runs"], tmp_path / "out")
+    assert (tmp_path / "out" / "acc_vs_nonzero_params.png").is_file()
+    only_old = report([tmp_path / "runs" / "old"], tmp_path / "out_old")
+    assert not (tmp_path / "out_old" / "acc_vs_nonzero_params.png").exists() and files and only_old

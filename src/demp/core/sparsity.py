@@ -164,14 +164,16 @@ class Sparsifier:
 
     @torch.no_grad()
     def apply(self) -> None:
-        """Zero masked weights and the optimizer state of masked entries."""
+        """Zero masked weights and the optimizer state of masked entries (one fused call)."""
+        targets, masks = [], []
         for m in self.layers.values():
             w = m.weight
             mask = self.masks[w]
-            w.mul_(mask)
-            for value in self.optimizer.state.get(w, {}).values():
-                if torch.is_tensor(value) and value.shape == w.shape:
-                    value.mul_(mask)
+            for t in [w, *self.optimizer.state.get(w, {}).values()]:
+                if torch.is_tensor(t) and t.shape == w.shape and t.is_floating_point():
+                    targets.append(t)
+                    masks.append(mask)
+        torch._foreach_mul_(targets, masks)
 
     def step(self) -> None:
         """After an optimizer step: update the masks when due, then apply them."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import fnmatch
 import math
+import zlib
 from pathlib import Path
 from statistics import mean
 from typing import Any, Optional, Sequence
@@ -59,9 +60,14 @@ def _pyplot():
 
 
 def _style(method: Variant) -> dict:
-    """A fixed colour and marker per method, so every plot reads the same."""
-    i = method_rank(method)[0]
-    return {"color": f"C{i % 10}", "marker": _MARKERS[i % len(_MARKERS)]}
+    """A fixed colour and marker per method, so every plot reads the same: a variant keeps its
+    method's marker and takes a colour of its own from another palette (tab20b, by its name)."""
+    i = method_rank(Variant(method.method))[0]
+    if not method.label:
+        return {"color": f"C{i % 10}", "marker": _MARKERS[i % len(_MARKERS)]}
+    import matplotlib
+    shade = zlib.crc32(method.name.encode()) % 20
+    return {"color": matplotlib.colormaps["tab20b"](shade), "marker": _MARKERS[i % len(_MARKERS)]}
 
 
 # ----------------------------------------------------------------------------- runs

@@ -27,6 +27,8 @@ from demp.experiments.spec import PLAN_NAME, StudyRun
 COLUMNS = ("method", "optimizer", "knob", "target", "seed", "test_acc", "best_acc", "units_remaining",
            "params_remaining", "fwd_flops_final", "fwd_flops_remaining", "train_flops", "wall_s",
            "nonzero_params_remaining", "sparse_fwd_flops_remaining")
+NUMERIC_COLUMNS = tuple(c for c in COLUMNS if c not in ("method", "optimizer", "knob", "target", "seed"))
+"""The columns a curve averages over seeds (every figure a plot or a table may use)."""
 METHOD_ORDER = ("dense", "demp", "snap", "cropit", "earlysnap", "earlycrop", "slimming",
                 "magnitude", "random")
 MATCHED_VALUES = ("test_acc", "params_remaining", "train_flops", "speedup")
@@ -214,9 +216,8 @@ def curve(rows: Sequence[Row], method: Variant, optimizer: str, x_key: str = "un
     for r in rows:
         if variant(r) == method and r["optimizer"] == optimizer:
             by_knob[r["knob"]].append(r)
-    points = [{"knob": knob, "seeds": len(group),
-               **{k: mean_or_none(r.get(k) for r in group)
-                  for k in ("units_remaining", "fwd_flops_remaining", *MATCHED_VALUES, "best_acc", "wall_s")}}
+    averaged = dict.fromkeys([*NUMERIC_COLUMNS, *MATCHED_VALUES])
+    points = [{"knob": knob, "seeds": len(group), **{k: mean_or_none(r.get(k) for r in group) for k in averaged}}
               for knob, group in by_knob.items()]
     return sorted((p for p in points if p[x_key] is not None), key=lambda p: p[x_key])
 
