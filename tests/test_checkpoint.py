@@ -64,7 +64,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     a = load_run_model(killed / "model.pt").state_dict()
     b = load_run_model(whole / "model.pt").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    timing = {"wall_s", "eval_s", "run_dir", "seconds"}
+    timing = {"wall_s", "eval_s", "run_dir", "seconds", "check_s"}
     assert {k: v for k, v in resumed.items() if k not in timing} == \
            {k: v for k, v in reference.items() if k not in timing}
     assert resumed["prune_events"] >= 1

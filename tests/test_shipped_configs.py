@@ -45,7 +45,7 @@ def test_sweep_plans_valid_runs(path: Path):
     assert "demp" in methods
     assert "dense" in methods or methods == {"demp"}   # a comparison has its dense reference
     demp_knobs = {(r.optim, r.knob) for r in runs if r.entry.method == "demp"}
-    wanted = 1 if "12ep" in path.name or "v3" in path.name else 2   # a curve: several peaks or targets
+    wanted = 1 if any(k in path.name for k in ("12ep", "v3", "sparse")) else 2   # a curve: several peaks or targets
     for optim in {r.optim for r in runs}:
         assert len([k for o, k in demp_knobs if o == optim]) >= wanted, optim
 

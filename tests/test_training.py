@@ -210,20 +210,21 @@ def test_a_budget_run_reports_target_and_reached(tmp_path):
     assert summary["speed"]["how"].startswith("default") and "training format: float32" in text
 
 
-@pytest.mark.parametrize("name", ["dense", "demp", "snap"])
-def test_sparse_training_with_every_kind_of_method_resumes_exactly(name, tmp_path, monkeypatch):
+@pytest.mark.filterwarnings("ignore:.*early trigger never fired")
+@pytest.mark.parametrize("name", available_methods())
+def test_sparse_training_with_every_method_resumes_exactly(name, tmp_path, monkeypatch):
     """RigL next to a structured method: masks hold to the end and through removal, the summary
     counts non-zero parameters and sparse FLOPs, a killed run resumes bit-identical, and the exported
     model has its zeros in place."""
     from demp.core.sparsity import nonzero_params
-    budget = ["method.target=0.3"] if name != "dense" else []
+    budget = ["method.target=0.3"] if "target" in setting_keys(method_class(name)) else []
     cfg = tiny(f"method.name={name}", *budget, "train.checkpoint_every=3", "sparse.method=rigl",
                "sparse.density=0.3", "sparse.every=2")
     reference = train(cfg, out_dir=str(tmp_path / "whole"), progress=False)
     assert reference["sparse"]["method"] == "rigl"
     assert reference["nonzero_params_final"] < 0.6 * reference["params_final"]
     assert reference["sparse_fwd_flops_final"] < reference["fwd_flops_final"]
-    if name != "dense":
+    if budget and name not in ("earlysnap", "earlycrop"):     # the early ones may not trigger in 16 steps
         assert reference["units_final"] < reference["units_initial"]
     resumed = killed_and_resumed(cfg, tmp_path / "cut", monkeypatch)
     a = load_run_model(tmp_path / "cut" / "model.pt")
