@@ -11,7 +11,10 @@ the wrapper after each removal event. Give every rank the same seed, so the nois
 from __future__ import annotations
 
 import argparse
+import json
 import os
+
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -65,6 +68,10 @@ def main(epochs: int = 6, seed: int = 0) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
-    r = main(parser.parse_args().epochs)
+    parser.add_argument("--out", default=None, help="folder for each rank's result as rank<r>.json")
+    args = parser.parse_args()
+    r = main(args.epochs)
+    if args.out:
+        (Path(args.out) / f"rank{r['rank']}.json").write_text(json.dumps(r))
     print(f"rank {r['rank']}/{r['world']}: {r['units']} units left (same widths as rank 0: {r['same_widths_as_rank0']}; "
           f"budget {'met' if r['budget_met'] else 'NOT met'}), test accuracy {100 * r['test_acc']:.1f}%", flush=True)

@@ -2,6 +2,8 @@
 snippets are taken from them."""
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -37,16 +39,15 @@ def test_lightning_callback_prunes_and_the_checkpoint_reloads():
     assert r["units_removed"] > 0.1 and r["params"] < r["params_dense"] and r["test_acc"] > 0.9
 
 
-def test_ddp_under_torchrun_keeps_ranks_identical():
+def test_ddp_under_torchrun_keeps_ranks_identical(tmp_path):
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(EXAMPLES / "ddp_torchrun.py"), "--epochs", "4"],
+                          str(EXAMPLES / "ddp_torchrun.py"), "--epochs", "4", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=300, cwd=EXAMPLES,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = [l for l in out.stdout.splitlines() if l.startswith("rank ")]
-    assert len(lines) == 2 and all("same widths as rank 0: True" in l for l in lines)
-    units = {re.search(r"(\d+) units left", l).group(1) for l in lines}
-    assert len(units) == 1 and int(units.pop()) < 160
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["same_widths_as_rank0"] and r["world"] == 2 for r in ranks)
+    assert ranks[0]["units"] == ranks[1]["units"] < 160
 
 
 def _code_blocks(text: str) -> list[str]:
