@@ -157,8 +157,10 @@ def test_removal_slices_masks_with_weights_and_optimizer_state():
     with torch.no_grad():
         assert torch.allclose(model(x), before, atol=1e-5)
     model.train()
-    train(model, opt, sp, x, y, 2)
+    train(model, opt, sp, x, y, 3)                    # through the RigL update at step 5
     assert masked_zero(model, sp)
+    for n, m in sp.layers.items():                    # the target follows the layer's new size
+        assert int(sp.masks[m.weight].sum()) == max(1, round(sp.densities[n] * m.weight.numel()))
 
 
 def test_a_refused_removal_leaves_the_masks_as_they_were():

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="demp", description="Demon Pruning: train while removing dead ReLU units.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model (default: DemP on Fashion-MNIST, ~3 min on 2 CPU cores)",
+    p = sub.add_parser("train", help="train a model (default: DemP on Fashion-MNIST to a 40%% units budget, ~1.5 min on 2 CPU cores)",
                        description="Train a model with a method and write a run folder: config.yaml, "
                                    "metrics.jsonl, checkpoint.pt, model.pt, summary.json.")
     p.add_argument("--config", metavar="FILE", help="YAML or JSON config (defaults: the main job)")
