@@ -82,6 +82,7 @@ def _gates(node: Any, sites: set, width: int) -> tuple[tuple[nn.Module, ...], tu
 
 
 def _layer_channels(m: nn.Module, consumer: bool) -> int:
+    """A conv's or linear layer's input (``consumer``) or output channels."""
     if isinstance(m, nn.Linear):
         return m.in_features if consumer else m.out_features
     return m.in_channels if consumer else m.out_channels
