@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from demp.experiments.results import (Variant, death_checks, interpolate, legacy_summary, load_runs, matched_table,
+from demp.experiments.results import (versus_each_demp_run, Variant, death_checks, interpolate, legacy_summary, load_runs, matched_table,
                                       row_key, variant, versus_best)
 
 SITES = ("features.0", "features.3", "features.7", "classifier.1")
@@ -177,3 +177,17 @@ def test_death_checks_keep_one_record_per_step():
     lines = [{"step": 1, "deaths": [{"step": 0, "dead": 1}]}, {"step": 2},
              {"step": 3, "deaths": [{"step": 2, "dead": 3}]}, {"event": "final", "deaths": [{"step": 4, "dead": 4}]}]
     assert [c["dead"] for c in death_checks(lines)] == [1, 3, 4]
+
+
+def test_each_demp_point_against_the_others_at_its_own_point():
+    """A budget lands near, not on, a round point: DemP at 65% removed is compared with SNAP
+    interpolated at 65% (between its 50% and 80% runs), not left out."""
+    def row(method, knob, units, acc, label=None):
+        return {"method": method, "label": label, "optimizer": "adamw", "knob": knob, "seed": 0, "test_acc": acc,
+                "units_remaining": units, "fwd_flops_remaining": units, "params_remaining": units,
+                "train_flops": 1.0, "wall_s": 1.0}
+    rows = [row("dense", None, 1.0, 0.9), row("snap", 0.5, 0.5, 0.80), row("snap", 0.8, 0.2, 0.70),
+            row("demp", 0.65, 0.35, 0.76, label="flops")]
+    (h,) = versus_each_demp_run(rows, "units_remaining")
+    assert (h["method"], h["best"]) == ("demp[flops]", "snap") and h["removed"] == pytest.approx(0.65)
+    assert h["best_acc"] == pytest.approx(0.75) and h["diff"] == pytest.approx(1.0)

@@ -292,6 +292,28 @@ def versus_best(table: Sequence[dict]) -> list[dict]:
     return out
 
 
+def versus_each_demp_run(rows: Sequence[Row], x_key: str) -> list[dict]:
+    """Each DemP point (seed means per form and knob) against every other method interpolated at
+    that point's own fraction removed of ``x_key``: a budget lands within its tolerance, not on a
+    round number.  ``diff`` = DemP minus the best other method (points)."""
+    rows = add_speedups(list(rows)) if rows and "speedup" not in rows[0] else list(rows)
+    others = [r for r in rows if variant(r).method != "demp"]
+    out = []
+    for method, optimizer in method_keys(rows):
+        if method.method != "demp":
+            continue
+        for p in curve(rows, method, optimizer, x_key):
+            removed = 1 - p[x_key]
+            here = [e for e in matched_table(others, [removed], x_key)
+                    if e["optimizer"] == optimizer and e["test_acc"] is not None]
+            best = max(here, key=lambda e: e["test_acc"], default=None)
+            out.append({"method": method.name, "optimizer": optimizer, "knob": p["knob"], "removed": removed,
+                        "test_acc": p["test_acc"], "best": variant(best).name if best else None,
+                        "best_acc": best["test_acc"] if best else None,
+                        "diff": 100 * (p["test_acc"] - best["test_acc"]) if best else None})
+    return out
+
+
 # ----------------------------------------------------------------------------- death studies
 
 @dataclass

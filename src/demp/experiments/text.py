@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from demp.experiments.results import (DENSE, FLOPS_POINTS, Row, add_speedups, matched_table, mean_or_none, variant,
-                                      versus_best)
+                                      versus_best, versus_each_demp_run)
 
 _PREFIXES = ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 
@@ -150,6 +150,23 @@ def _headline_section(table: Sequence[dict], flops_table: Sequence[dict]) -> lis
     return lines + [""]
 
 
+def _own_points_section(rows: Sequence[Row]) -> list[str]:
+    """Each DemP point against the other methods at its own units and FLOPs removed."""
+    found = [(label, h) for label, key in (("units", "units_remaining"), ("inference FLOPs", "fwd_flops_remaining"))
+             for h in versus_each_demp_run(rows, key)]
+    if not found:
+        return []
+    lines = ["## Each DemP point against the others at its own point", "",
+             "Every other method interpolated along its curve at the fraction DemP removed (n/a where "
+             "no other curve spans it).", ""]
+    lines += md_table(
+        ["measure", "DemP form", "optimizer", "knob", "removed", "DemP acc", "best other", "its acc", "difference"],
+        [[label, h["method"], h["optimizer"], _knob(h["knob"]), pct(h["removed"]), pct(h["test_acc"], 2),
+          h["best"] or "n/a", pct(h["best_acc"], 2), "n/a" if h["diff"] is None else f"{h['diff']:+.2f}"]
+         for label, h in found])
+    return lines + [""]
+
+
 def markdown_report(rows: Sequence[Row], title: str, images: Sequence[Path], out: Path,
                     failed: Optional[dict[str, str]] = None, points: Sequence[float] = (0.5, 0.8)) -> str:
     """report.md: dense reference, the matched-units comparison, every run, failures, the plots."""
@@ -160,7 +177,8 @@ def markdown_report(rows: Sequence[Row], title: str, images: Sequence[Path], out
              "network (%); remaining: fraction of the dense network's units/parameters (%); "
              "train FLOPs: forward+backward FLOPs summed over steps; speed-up: dense wall-clock "
              "time / run wall-clock time (same optimizer and seed where available).", ""]
-    lines += _dense_section(rows) + _matched_sections(table, flops_table) + _headline_section(table, flops_table)
+    lines += (_dense_section(rows) + _matched_sections(table, flops_table) + _headline_section(table, flops_table)
+              + _own_points_section(rows))
     lines += ["## Runs", ""]
     lines += md_table(
         ["run", "method", "optimizer", "knob", "seed", "test acc", "best acc", "units rem.",
