@@ -101,9 +101,18 @@ def train_tiny(rank: int, world: int, port: int, out: str, net: str = "groupnorm
 def train_app(rank: int, world: int, port: int, out: str, overrides: list[str], resume: bool = False,
               stop_at_step: int = 0) -> None:
     """``demp train`` on one rank, as torchrun would start it; ``stop_at_step`` interrupts the
-    run there (both ranks, like a killed job).  Saves the returned summary to ``out/rank<r>.pt``."""
+    run there (both ranks, like a killed job).  Saves the returned summary to ``out/rank<r>.pt``
+    and, for sparse runs, every layer's mask after each sparsity step to ``out/masks<r>.pt``."""
     from demp.app import training
     from demp.app.config import load_config
+    from demp.core.sparsity import Sparsifier
+    masks = []
+    real_sparse_step = Sparsifier.step
+
+    def sparse_step(self):
+        real_sparse_step(self)
+        masks.append([m.clone() for m in self.masks.values()])
+    Sparsifier.step = sparse_step
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world))
     real_step = training.train_step
@@ -118,3 +127,5 @@ def train_app(rank: int, world: int, port: int, out: str, overrides: list[str], 
     except KeyboardInterrupt:
         summary = None
     torch.save(summary, f"{out}/rank{rank}.pt")
+    if masks:
+        torch.save(masks, f"{out}/masks{rank}.pt")

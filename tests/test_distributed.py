@@ -85,3 +85,23 @@ def test_demp_train_on_two_processes_resumes_exactly(tmp_path):
     a = load_run_model(tmp_path / "cut" / "run" / "model.pt").state_dict()
     b = load_run_model(tmp_path / "whole" / "run" / "model.pt").state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sparse_masks_stay_identical_on_two_processes(tmp_path):
+    """RigL under DDP: every rank draws, drops and grows the same entries (gradients are reduced
+    before the update), through removal events, so the ranks end with the same sparse model."""
+    from demp.app.export import load_run_model
+    sparse = ["sparse.method=rigl", "sparse.density=0.5", "sparse.every=2", "sparse.end=0.9"]
+    out = tmp_path / "sparse"
+    out.mkdir()
+    mp.spawn(ddp_workers.train_app, args=(2, free_port(), str(out), TINY + sparse), nprocs=2)
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    assert ranks[0] == ranks[1] and ranks[0]["prune_events"] >= 1
+    assert ranks[0]["sparse"]["method"] == "rigl" and ranks[0]["nonzero_params_remaining"] < 0.75
+    a, b = (torch.load(out / f"masks{r}.pt") for r in range(2))
+    assert len(a) == len(b) == ranks[0]["steps"]
+    assert all(torch.equal(x, y) for step_a, step_b in zip(a, b) for x, y in zip(step_a, step_b, strict=True))
+    assert any(x.shape != y.shape for x, y in zip(a[0], a[-1]))   # removal sliced masks on both ranks alike
+    model = load_run_model(out / "run" / "model.pt")
+    zeros = sum(int((m.weight == 0).sum()) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    assert zeros > 0
