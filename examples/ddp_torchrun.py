@@ -60,6 +60,7 @@ def main(epochs: int = 6, seed: int = 0) -> dict:
     dist.broadcast(same, 0)
     result = {"rank": rank, "world": world, "units": int(widths.sum()), "same_widths_as_rank0": bool(torch.equal(widths, same)),
               "budget_met": pruner.budget_met, "test_acc": acc}
+    del ddp                # free DDP's reducer while the process group still exists
     dist.barrier()
     dist.destroy_process_group()
     return result

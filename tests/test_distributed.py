@@ -105,3 +105,32 @@ def test_sparse_masks_stay_identical_on_two_processes(tmp_path):
     model = load_run_model(out / "run" / "model.pt")
     zeros = sum(int((m.weight == 0).sum()) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
     assert zeros > 0
+
+
+def test_prunable_ddp_is_freed_by_del_and_follows_removals_while_alive():
+    """The pruner holds the wrapper weakly: ``del`` frees DDP's reducer before the group goes."""
+    import weakref
+    from demp import DemonPruner
+    from demp.integrations.ddp import PrunableDDP
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        with torch.no_grad():
+            model[0].weight[:3] = 0.0
+            model[0].bias[:3] = -1.0                    # three dead units
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        x = torch.randn(16, 4)
+        pruner = DemonPruner(model, optimizer, x[:2], total_steps=10, probe=[x], prune_every=5)
+        wrapper = PrunableDDP(model, pruner)
+        first = wrapper.ddp
+        assert pruner.prune().units_removed == 3
+        assert wrapper.ddp is not first and wrapper(x).shape == (16, 2)     # rebuilt over the new weights
+        gone = weakref.ref(wrapper)
+        del wrapper, first
+        assert gone() is None
+        with torch.no_grad():
+            model[0].bias[:2] = -1.0
+            model[0].weight[:2] = 0.0
+        assert pruner.prune().units_removed == 2       # a freed wrapper is skipped, not an error
+    finally:
+        dist.destroy_process_group()

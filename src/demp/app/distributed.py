@@ -9,6 +9,8 @@ model wrapped in DDP and/or compiled; after a removal it is rebuilt from scratch
 """
 from __future__ import annotations
 
+import gc
+
 import logging
 import os
 from contextlib import contextmanager
@@ -74,8 +76,10 @@ class World:
     def close(self, finished: bool = True) -> None:
         """Leave the process group if ``start`` joined it; after a finished run, only once every
         rank got here (a rank that tears its group down while a peer still talks to it can abort
-        that peer; after a failure nobody waits for ranks that may never come)."""
+        that peer; after a failure nobody waits for ranks that may never come).  Unreachable
+        DDP wrappers are collected first: one freed at interpreter exit can abort the process."""
         if self.owns_group:
+            gc.collect()    # DDP reducers left in reference cycles go now, not after the group
             if finished:
                 dist.barrier()
             dist.destroy_process_group()

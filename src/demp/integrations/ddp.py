@@ -11,7 +11,8 @@ which ``DemonPruner``'s identical decisions guarantee)::
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import weakref
+from typing import Any, Callable, Optional
 
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
@@ -25,7 +26,9 @@ class PrunableDDP(nn.Module):
 
     Building DDP broadcasts rank 0's parameters and buffers, so after a removal every rank
     continues from rank 0's replica.  ``module`` is the pruned model itself (save its
-    ``state_dict``, not this wrapper's).
+    ``state_dict``, not this wrapper's).  The pruner holds this wrapper only weakly, so ``del``
+    frees DDP's reducer at once: do it before ``destroy_process_group`` (a reducer freed after
+    the group, at interpreter exit, can abort the process).
     """
 
     def __init__(self, module: nn.Module, pruner: Optional[DemonPruner] = None, **ddp_options: Any):
@@ -33,7 +36,7 @@ class PrunableDDP(nn.Module):
         self.ddp_options = ddp_options
         self.ddp = DistributedDataParallel(module, **ddp_options)
         if pruner is not None:
-            pruner.on_removal(self.rebuild)
+            pruner.on_removal(_weakly(self.rebuild))
 
     @property
     def module(self) -> nn.Module:
@@ -45,3 +48,14 @@ class PrunableDDP(nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.ddp(*args, **kwargs)
+
+
+def _weakly(method: Callable[[Optional[RemovalReport]], None]) -> Callable[[RemovalReport], None]:
+    """A callback that calls a bound ``method`` while its object lives, without keeping it alive."""
+    ref = weakref.WeakMethod(method)
+
+    def call(report: RemovalReport) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(report)
+    return call
