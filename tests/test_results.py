@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from demp.experiments.results import (versus_each_demp_run, Variant, death_checks, interpolate, legacy_summary, load_runs, matched_table,
-                                      row_key, variant, versus_best)
+from demp.experiments.results import (Variant, death_checks, interpolate, legacy_summary, load_runs, matched_table,
+                                      row_key, variant, versus_best, versus_each_demp_run)
 
 SITES = ("features.0", "features.3", "features.7", "classifier.1")
 

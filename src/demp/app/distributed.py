@@ -10,7 +10,6 @@ model wrapped in DDP and/or compiled; after a removal it is rebuilt from scratch
 from __future__ import annotations
 
 import gc
-
 import logging
 import os
 from contextlib import contextmanager

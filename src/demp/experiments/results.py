@@ -296,7 +296,6 @@ def versus_each_demp_run(rows: Sequence[Row], x_key: str) -> list[dict]:
     """Each DemP point (seed means per form and knob) against every other method interpolated at
     that point's own fraction removed of ``x_key``: a budget lands within its tolerance, not on a
     round number.  ``diff`` = DemP minus the best other method (points)."""
-    rows = add_speedups(list(rows)) if rows and "speedup" not in rows[0] else list(rows)
     others = [r for r in rows if variant(r).method != "demp"]
     out = []
     for method, optimizer in method_keys(rows):
