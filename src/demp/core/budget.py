@@ -1,35 +1,31 @@
-"""The budget controller: chooses lambda at each dead check so that removal follows a plan.
+"""The budget controller: chooses lambda at each dead check so that deaths follow a plan.
 
 Death is a cliff, not a slope: with a fixed lambda peak most units die within a few hundred
 steps, and nobody knows in advance which peak removes half of the units.  Instead of a
-guessed peak, DemP can be given a budget (a fraction of units to remove, or a fraction of
-forward FLOPs to keep) and a time ``by_step`` to reach it.  The rule, applied at every check:
+guessed peak, DemP can be given a budget (a fraction of units, or of forward FLOPs, to remove)
+and a time ``by_step`` to reach it.  The controller counts what has *died*: units removed plus
+units dead but kept (tied to live ones, or beyond the budget), since a unit that died is lost
+to the network whether or not it could be removed.  The rule, applied at every check:
 
 - the plan is linear from nothing at step 0 to the target at ``by_step``;
-- before ``hold_until`` (the peak of the lambda schedule it scales) lambda is left as the
-  schedule has it: deaths before the peak are early, not a reason to back off, and nothing
-  dying while lambda still rises is no reason to push harder (pushing during the rise made
-  the network collapse at the peak);
-- from then on ``gap = planned(t) - achieved`` (fractions of the budget measure);
-- behind the plan (gap > 0): lambda grows by ``exp(gain * gap / target)``, at most x``max_up``
-  per check and never above ``ceiling`` times its start.  Death is a cliff next to collapse:
-  VGG-16-BN w0.25 on CIFAR-10 with AdamW trained at lambda 0.07 and fell to chance at 0.14,
-  the first deaths came only then (41% of units at once), and without the shift push
-  (``demp.core.regulariser``) no lambda made more units die afterwards (scales at zero leave
-  units constant, not dead).  So lambda moves slowly and the starting value ``reg_peak``
-  should be a strength known to train (the ceiling is 4x it); the pruner holds the schedule
-  at its peak, so that the factor alone sets the strength;
-- ahead of it (gap < 0): lambda shrinks by the same rule, but gently (at most /``max_down``),
-  so deaths slow while the plan catches up without losing the pressure that later deaths
-  need; lambda never falls below ``floor`` times its start;
+- ``gap = planned(t) - dead`` (fractions of the budget measure);
+- ahead of the plan (gap < 0), at any time: lambda comes down at once to ``exp(gain * gap /
+  target)`` times the strength that got it ahead (at most /``max_down``), never below
+  ``floor`` times its start, and comes back up as the plan catches up.  Deaths that run
+  ahead are the first sign of the cliff, so the controller does not wait for the schedule's
+  peak to react;
+- behind it (gap > 0), only from ``hold_until`` (the peak of the lambda schedule it scales)
+  on: lambda grows by ``exp(gain * gap / target)``, at most x``max_up`` per check and never
+  above ``ceiling`` times its start.  Nothing dying while lambda still rises is no reason to
+  push harder (pushing during the rise made the network collapse at the peak);
 - at ``deadline`` times ``by_step`` without meeting the budget, the controller gives up
   (``short`` is set, ``met`` is not): lambda and noise go to zero so the survivors recover,
   and the run ends short of its budget rather than collapsed;
-- the budget is met once the achieved fraction is within ``tolerance`` of the target (a FLOPs
-  budget cannot land exactly: the allowance cuts the last removal short);
-- once the budget is met lambda (and noise) go to zero for good, so the survivors recover, and
-  the pruner removes no more than the budget allows (dead units beyond it stay, inert) and
-  runs no more dead checks.
+- the budget is met once the dead fraction is within ``tolerance`` of the target; lambda (and
+  noise) then go to zero for good, the pruner removes no more than the budget allows (dead
+  units beyond it stay, inert) and runs no more dead checks;
+- ``stop()`` ends the push early (a collapse, ``demp.core.health``): lambda goes to zero and
+  nothing more is removed.
 """
 from __future__ import annotations
 
@@ -49,7 +45,7 @@ class BudgetController:
     lam: float               # current strength (lambda itself, or a factor on a lambda schedule)
     gain: float = 4.0
     max_up: float = 1.25
-    max_down: float = 1.25
+    max_down: float = 4.0
     floor: float = 0.1
     ceiling: float = 4.0
     deadline: float = 2.0
@@ -59,11 +55,13 @@ class BudgetController:
     hold_until: int = 0      # lambda is left alone before this step (the schedule's peak)
     tolerance: float = 0.0   # met within this much of the target (a fraction of the measure)
     highest: float = 0.0     # the largest lambda reached
+    stopped: bool = False    # the push was stopped (a collapse): lambda stays at zero
+    ahead_from: float = 0.0  # lambda when deaths got ahead of the plan (0: not ahead)
 
     @property
     def done(self) -> bool:
-        """Met or given up: lambda stays at zero."""
-        return self.met or self.short
+        """Met, given up or stopped: lambda stays at zero."""
+        return self.met or self.short or self.stopped
 
     @property
     def at_ceiling(self) -> bool:
@@ -86,28 +84,38 @@ class BudgetController:
         """Fraction the plan wants removed by ``step``."""
         return self.target * min(1.0, max(0.0, step / self.by_step))
 
-    def update(self, step: int, achieved: float) -> float:
-        """New lambda after a check at ``step`` that found ``achieved`` of the measure removed."""
+    def update(self, step: int, dead: float) -> float:
+        """New lambda after a check at ``step`` that found ``dead`` of the measure dead
+        (removed, or dead and kept)."""
         if self.done:
             return self.lam
-        if achieved >= self.target - self.tolerance - 1e-9:
+        if dead >= self.target - self.tolerance - 1e-9:
             self.met, self.lam = True, 0.0
             return self.lam
         if step >= self.deadline * self.by_step:
             self.short, self.lam = True, 0.0
             return self.lam
+        gap = self.planned(step) - dead
+        if gap < 0:   # ahead: a strength for the gap, from the one that got it ahead (no wind-down)
+            self.ahead_from = self.ahead_from or self.lam
+            factor = max(1 / self.max_down, math.exp(self.gain * gap / self.target))
+            self.lam = max(self.start_lam * self.floor, self.ahead_from * factor)
+            return self.lam
+        self.ahead_from = 0.0
         if step < self.hold_until:
             return self.lam
-        gap = self.planned(step) - achieved
-        factor = math.exp(self.gain * gap / self.target)
-        factor = min(self.max_up, max(1 / self.max_down, factor))
+        factor = min(self.max_up, math.exp(self.gain * gap / self.target))
         self.lam = min(self.start_lam * self.ceiling, max(self.start_lam * self.floor, self.lam * factor))
         self.highest = max(self.highest, self.lam)
         return self.lam
 
-    def allowance(self, achieved: float) -> float:
-        """Fraction of the measure that may still go without passing the budget."""
-        return max(0.0, self.target - achieved)
+    def allowance(self, removed: float) -> float:
+        """Fraction of the measure that may still be removed without passing the budget."""
+        return max(0.0, self.target - removed)
+
+    def stop(self) -> None:
+        """End the push for good (lambda zero, no more removal)."""
+        self.stopped, self.lam = True, 0.0
 
     def state_dict(self) -> dict:
         return asdict(self)

@@ -42,6 +42,7 @@ class SiteCost:
     norms: tuple[nn.Module, ...]    # norm layers whose scales gate the site's units
     producers: tuple[nn.Module, ...] = ()   # without norms: the conv/linear layers feeding it directly
     consumers: tuple[nn.Module, ...] = ()   # ... and those reading its units, one input channel each
+    tied: int = 1                   # sites sharing one unit's cost (a residual stream: every site on it)
 
     def cost(self, measure: str) -> float:
         return 1.0 if measure == "uniform" else float(getattr(self, measure))
@@ -142,7 +143,8 @@ def site_costs(model: nn.Module, example_inputs: Any,
         f, p = _unit_cost(dg, items, flops)
         norms, producers = _gates(node, site_nodes, width)
         consumers = _consumers(dg, items, width) if producers else ()
-        out[name] = SiteCost(width, f, p, norms, producers, consumers)
+        tied = max(1, len({it.node for it in items if it.node in site_nodes}))
+        out[name] = SiteCost(width, f, p, norms, producers, consumers, tied)
     return out
 
 

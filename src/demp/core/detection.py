@@ -264,11 +264,13 @@ class UnitScan:
         return int(sum(int(m.sum()) for m in self.dead.values()))
 
 
-def scan_units(model: nn.Module, batches: Iterable[Any], eps: Sequence[float] = ()) -> UnitScan:
+def scan_units(model: nn.Module, batches: Iterable[Any], eps: Sequence[float] = (),
+               on_output: Optional[Callable[[Any, Any], None]] = None) -> UnitScan:
     """Run the probe batches in eval mode and AND the per-batch dead masks of every site.
 
     ``eps`` adds quasi-dead counts: units whose mean activation per position is <= eps on
-    every batch (logged, never pruned).
+    every batch (logged, never pruned).  ``on_output(batch, output)`` sees each batch's output
+    (the pruner's collapse watch reads it from the same pass).
     """
     eps = tuple(float(e) for e in eps)
     sums: list[torch.Tensor] = []
@@ -287,7 +289,7 @@ def scan_units(model: nn.Module, batches: Iterable[Any], eps: Sequence[float] = 
             tracer.reset()
             sums.clear()
             try:
-                call_model(model, x)
+                out = call_model(model, x)
             except DempError:
                 raise
             except Exception as e:
@@ -296,6 +298,8 @@ def scan_units(model: nn.Module, batches: Iterable[Any], eps: Sequence[float] = 
                                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; give probe "
                                 "batches of the inputs the model trains on (tensors, or (input, target) "
                                 "pairs)") from None
+            if on_output is not None:
+                on_output(batch, out)
             if n == 0:
                 if not tracer.calls:
                     raise DempError(f"{type(model).__name__} has no ReLU site (nn.ReLU, F.relu, "

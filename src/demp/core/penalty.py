@@ -87,6 +87,15 @@ class Penalty:
         """Nothing to penalise (no gating norm and no unit group)."""
         return not (self.scales or self.groups)
 
+    @torch.no_grad()
+    def gates(self) -> torch.Tensor:
+        """What the penalty shrinks, one value per gate: |scale| of each penalised norm channel and
+        each ungated unit's weight norm (how far the push has got; the shortfall diagnosis reads
+        how much it moves between checks)."""
+        parts = [p.detach().abs().flatten().float() for p in self.scales]
+        parts += [regulariser.unit_norms(g).float() for g in self.groups]
+        return torch.cat(parts).cpu() if parts else torch.zeros(0)
+
     def value(self, lam: float) -> torch.Tensor:
         """The penalty at strength ``lam``: weighted norm scales, shift push, unit groups."""
         s = self.settings

@@ -10,10 +10,13 @@ Lambda follows a schedule with a fixed peak (the paper's form).  Given a budget
 (``target_units`` or ``target_flops``) the schedule spans twice ``target_by``, rises to its peak
 and holds it there, and the controller
 in ``demp.core.budget`` scales it (a factor starting at 1, between 0.1 and 4) from the gap
-between the removed fraction and a plan that runs from 0 to the target at ``target_by``,
-from the schedule's peak on; once the budget is met lambda and noise are zero.  Before each
-dead check the BatchNorm statistics are re-estimated (``demp.core.batchnorm``) and restored
-after it.  The method is described in docs/method.md.
+between the dead fraction (removed, or dead and kept) and a plan that runs from 0 to the
+target at ``target_by``; once the budget is met lambda and noise are zero.  A budget is spent
+in whole dependency groups (a channel tied to others goes at every site or not at all), so
+every request is one surgery accepts.  Each dead check also watches the probe outputs for a
+collapse (``demp.core.health``): one is warned about, recorded in ``collapsed``, and with a
+budget ends the push.  Before each dead check the BatchNorm statistics are re-estimated
+(``demp.core.batchnorm``) and restored after it.  The method is described in docs/method.md.
 
 Under ``torch.distributed`` (DDP) the dead masks are AND-reduced over the ranks, so every
 rank removes the same units (``demp.core.distributed``); give every rank the same seed, so
@@ -38,13 +41,15 @@ from demp.core import regulariser
 from demp.core.batchnorm import StatisticsChoice, choose_statistics, recalibrated
 from demp.core.budget import BudgetController, removable_counts, spend
 from demp.core.costs import COST_MEASURES, SiteCost, site_costs
+from demp.core.health import Collapse, CollapseWatch, ProbeOutputs
+from demp.core.shortfall import Observed, causes
 from demp.core.penalty import Penalty, PenaltySettings
 from demp.core.detection import UnitScan, check_inputs, list_sites, scan_units
 from demp.core.distributed import agree_any, agree_dead, check_same_widths
 from demp.core.flops import forward_flops
 from demp.core.noise import NOISE_MODES, NoiseInjector
 from demp.core.schedules import SCHEDULES, Schedule, make_schedule
-from demp.core.surgery import RemovalReport, planned_removal, remove_units
+from demp.core.surgery import RemovalReport, removal_groups, remove_units
 from demp.core.utils import count_params, model_device
 from demp.errors import DempError
 
@@ -160,6 +165,7 @@ class RemovalEvent:
     widths: dict[str, int] = field(default_factory=dict)
     quasi_dead: dict[str, int] = field(default_factory=dict)   # eps (as str) -> count
     lam: float = 0.0                                           # lambda after the check
+    dead_kept: int = 0                                         # dead units left in the network
 
 
 class DemonPruner:
@@ -222,6 +228,12 @@ class DemonPruner:
         self._refresh_params()
         self.widths: dict[str, int] = {n: sc.width for n, sc in self.costs.items()}
         self.dead_kept: dict[str, int] = {}
+        self.tied_dead = 0                 # dead units kept at the last check because tied to live ones
+        self.collapsed: Optional[Collapse] = None
+        self.watch = CollapseWatch()
+        self._gates: Optional[torch.Tensor] = None      # the penalty's gates at the last check
+        self._movement: list[float] = []   # their relative change per check, while lambda was on
+        self._budget_checks = 0            # dead checks while the budget was open
         self.initial: dict[str, int] = {"units": sum(self.widths.values()),
                                         "flops": self._flops() if c.target_flops else 0}
         self._warn_few_checks(by)
@@ -352,8 +364,10 @@ class DemonPruner:
         in ``final_statistics``).  A budget that is not met by now is reported with a warning.
         """
         report = self.prune() if self.config.final_prune and not self.budget_done else None
-        if self.budget and not self.budget.met:
-            self._warn_short("the run ended")
+        if report is None:
+            self._count_dead()
+        if self.budget:
+            self._warn_budget()
         if statistics and self.config.recalibrate:
             self.final_statistics = choose_statistics(
                 self.model, self._take(self.probe, self.config.probe_batches),
@@ -372,8 +386,8 @@ class DemonPruner:
 
     @property
     def budget_done(self) -> bool:
-        """Met or given up: no more removal, checks, penalty or noise."""
-        return self.budget_met or self.budget_gave_up
+        """Met, given up or stopped by a collapse: no more removal, checks, penalty or noise."""
+        return bool(self.budget and self.budget.done)
 
     @property
     def budget_reached(self) -> Optional[float]:
@@ -382,26 +396,73 @@ class DemonPruner:
             return None
         return self._achieved(sum(self.widths.values()))
 
-    def _warn_short(self, when: str) -> None:
+    @property
+    def dead_fraction(self) -> float:
+        """Fraction of the budget's measure (units without a budget) that died: removed, or dead
+        and kept (as of the last check).  A FLOPs budget counts a kept unit at its cost, shared
+        among the sites it is tied to."""
+        if self.config.target_flops is None:
+            return 1 - (sum(self.widths.values()) - sum(self.dead_kept.values())) / self.initial["units"]
+        kept = sum(k * self.costs[n].flops / self.costs[n].tied for n, k in self.dead_kept.items() if n in self.costs)
+        return self._achieved(0) + kept / max(1, self.initial["flops"])
+
+    @property
+    def overshoot(self) -> float:
+        """How far deaths went past the budget, beyond its tolerance (0: within it, or no budget)."""
+        if not self.budget:
+            return 0.0
+        return max(0.0, self.dead_fraction - self.budget.target - self.budget.tolerance)
+
+    def shortfall_causes(self) -> list[str]:
+        """What the run showed about a budget not reached (``demp.core.shortfall``)."""
         b, c = self.budget, self.config
-        measure = "units" if c.target_units is not None else "forward FLOPs"
-        cause = (f"lambda reached its ceiling ({b.ceiling:g}x reg_peak): start from a larger reg_peak"
-                 if b.at_ceiling else f"too few dead checks or too little time (prune_every={c.prune_every}, "
-                      f"target_by={c.target_by}): lower prune_every or raise target_by")
-        self._warn("short", f"DemP budget not met ({when}): {100 * self.budget_reached:.1f}% of {measure} "
-                   f"removed against a target of {100 * b.target:.1f}%; likely cause: {cause}")
+        group = self.optimizer.param_groups[0] if self.optimizer.param_groups else {}
+        return causes(Observed(
+            measure=self._measure, removed=self.budget_reached, dead=self.dead_fraction, target=b.target,
+            tied_dead=self.tied_dead, movement=min(self._movement[-2:]) if len(self._movement) >= 2 else None,
+            at_ceiling=b.at_ceiling, ceiling=b.ceiling, checks=self._budget_checks,
+            optimizer=type(self.optimizer).__name__, lr=float(group.get("lr", 0.0)),
+            prune_every=c.prune_every, target_by=c.target_by))
+
+    @property
+    def _measure(self) -> str:
+        return "units" if self.config.target_units is not None else "forward FLOPs"
+
+    def _warn_short(self, when: str) -> None:
+        b = self.budget
+        self._warn("short", f"DemP budget not met ({when}): {100 * self.budget_reached:.1f}% of {self._measure} "
+                   f"removed ({100 * self.dead_fraction:.1f}% dead) against a target of {100 * b.target:.1f}%; "
+                   f"observed: {'; '.join(self.shortfall_causes())}")
+
+    def _warn_budget(self) -> None:
+        """At the end: a budget not met, a removal short of a met budget, deaths past it."""
+        b = self.budget
+        if b.stopped:
+            return   # the collapse was warned about
+        if not b.met:
+            self._warn_short("the run ended")
+        elif self.budget_reached < b.target - b.tolerance - 1e-9:
+            self._warn("short_removal", f"DemP budget met in deaths but not in removal: {100 * self.budget_reached:.1f}% "
+                       f"of {self._measure} removed, {100 * self.dead_fraction:.1f}% dead, target "
+                       f"{100 * b.target:.1f}%; observed: {'; '.join(self.shortfall_causes())}")
+        if self.overshoot > 0:
+            self._warn("overshoot", f"DemP deaths overshot the budget: {100 * self.dead_fraction:.1f}% of "
+                       f"{self._measure} dead against a target of {100 * b.target:.1f}% (tolerance "
+                       f"{100 * b.tolerance:.1f}%); the units died faster than the controller could slow "
+                       "them: lower reg_peak or prune_every")
 
     # ------------------------------------------------------------------ removal
     def _take(self, batches: Iterable[Any], limit: Optional[int]) -> Iterable[Any]:
         return batches if limit is None else (b for _, b in zip(range(limit), batches))
 
-    def scan(self) -> UnitScan:
-        """Dead check on the probe (eval mode; statistics re-estimated first when configured)."""
+    def scan(self, on_output: Optional[Callable[[Any, Any], None]] = None) -> UnitScan:
+        """Dead check on the probe (eval mode; statistics re-estimated first when configured);
+        ``on_output(batch, output)`` sees the outputs of the same pass."""
         probe = self._take(self.probe, self.config.probe_batches)
         if not self.config.recalibrate:
-            return scan_units(self.model, probe, self.config.quasi_eps)
+            return scan_units(self.model, probe, self.config.quasi_eps, on_output)
         with recalibrated(self.model, self._take(self.calibration, self.config.calib_batches)):
-            return scan_units(self.model, probe, self.config.quasi_eps)
+            return scan_units(self.model, probe, self.config.quasi_eps, on_output)
 
     def _flops(self) -> int:
         return forward_flops(self.model, self.example_inputs)
@@ -413,43 +474,33 @@ class DemonPruner:
         return 1 - self._flops() / max(1, self.initial["flops"])
 
     def prune(self) -> RemovalReport:
-        """Dead check now, then remove the dead units from the model and the optimizer."""
+        """Dead check now, then remove the dead units from the model and the optimizer.
+
+        A collapse seen on the probe (with a budget) stops the push and removes nothing."""
         t0 = clock()
-        scan = self.scan()
+        seen = ProbeOutputs()
+        scan = self.scan(seen.add)
         scan.dead = agree_dead(scan.dead)
         t1 = clock()
         units, params = scan.units, count_params(self.model)
-        dead = scan.dead
-        if scan.dead_units and (self.budget or self.config.round_to > 1):
-            # choose among the units surgery can take (not those tied to live ones), so that a
-            # budget or rounded widths are spent on units that really go
-            dead = planned_removal(self.model, scan.dead, self.example_inputs,
-                                   min_units=self.config.min_units, pruners=self.pruners)
-            widths = {n: m.numel() for n, m in dead.items()}
-            counts = removable_counts(dead, self.config.round_to)
-            if self.budget:
-                by_flops = self.config.target_units is None
-                room = self.budget.allowance(self._achieved(units)) * self.initial["flops" if by_flops else "units"]
-                cost = {n: (self.costs[n].flops if by_flops and n in self.costs else 1.0) for n in counts}
-                counts = spend(room, counts, cost, widths, self.config.round_to)
-            dead = {n: torch.zeros_like(m).index_fill_(0, m.nonzero().flatten()[:counts[n]], True)
-                    for n, m in dead.items()}
+        self._track_gates()
+        stop = self._watch(seen, units - scan.dead_units)
+        dead, kept_reasons = ({}, {}) if stop else (scan.dead, {})
+        if not stop and scan.dead_units and (self.budget or self.config.round_to > 1):
+            dead, kept_reasons = self._choose(scan.dead, units, {s.name: s.width for s in scan.sites})
         if any(bool(m.any()) for m in dead.values()):
             report = remove_units(self.model, dead, self.example_inputs, self.optimizer,
                                   min_units=self.config.min_units, pruners=self.pruners, follow=self._follow)
             check_same_widths({n: r.width_after for n, r in report.sites.items()}, "after a removal")
             if report.units_removed:
                 self._refresh_params()
+                self._gates = self._penalty.gates()
         else:
             report = RemovalReport(units, 0, params, params, {})
-        self.widths = {s.name: s.width for s in scan.sites}
-        for name, rec in report.sites.items():
-            self.widths[name] = rec.width_after
-        self.dead_kept = {n: int(scan.dead[n].sum()) - report.sites[n].removed if n in report.sites
-                          else int(scan.dead[n].sum()) for n in scan.dead}
-        self.dead_kept = {n: k for n, k in self.dead_kept.items() if k}
-        if self.budget:
-            self.budget.update(self.step_count, self._achieved(units - report.units_removed))
+        self._record_dead(scan, report, kept_reasons)
+        if self.budget and not self.budget.done:
+            self._budget_checks += 1
+            self.budget.update(self.step_count, self.dead_fraction)
             if self.budget.short:
                 self._warn_short(f"the controller gave up at step {self.step_count}")
         t2 = clock()
@@ -460,11 +511,80 @@ class DemonPruner:
             units_after=units - report.units_removed, params_before=params,
             params_after=count_params(self.model), check_s=t1 - t0,
             removal_s=t2 - t1, widths=dict(self.widths),
-            quasi_dead={str(e): sum(c.values()) for e, c in scan.quasi_dead.items()}, lam=self.lam))
+            quasi_dead={str(e): sum(c.values()) for e, c in scan.quasi_dead.items()}, lam=self.lam,
+            dead_kept=sum(self.dead_kept.values())))
         if report.units_removed:
             for callback in self._callbacks:
                 callback(report)
         return report
+
+    def _choose(self, dead: dict[str, torch.Tensor], units: int, widths: dict[str, int]
+                ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, int]]]:
+        """The dead units to request: those surgery can take (not tied to live ones), in whole
+        dependency groups, rounded (``round_to``) and within the budget's room; and why the
+        other dead units stay."""
+        c = self.config
+        groups, kept = removal_groups(self.model, dead, self.example_inputs, min_units=c.min_units,
+                                      pruners=self.pruners)
+        counts = removable_counts({g.root: torch.arange(g.width) < len(g.channels) for g in groups}, c.round_to)
+        if self.budget:
+            by_flops = c.target_units is None
+            room = self.budget.allowance(self._achieved(units)) * self.initial["flops" if by_flops else "units"]
+            cost = {g.root: (self.costs[g.root].flops if by_flops and g.root in self.costs else g.units_per_channel)
+                    for g in groups}
+            counts = spend(room, counts, cost, {g.root: g.width for g in groups}, c.round_to)
+        chosen = {n: torch.zeros(w, dtype=torch.bool) for n, w in widths.items()}
+        for g in groups:
+            for site, mask in g.masks(counts[g.root], widths).items():
+                chosen[site] |= mask
+        return chosen, kept
+
+    def _record_dead(self, scan: UnitScan, report: RemovalReport, kept_reasons: dict[str, dict[str, int]]) -> None:
+        """Widths after the removal, the dead units kept per site, and how many are tied to live ones."""
+        self.widths = {s.name: s.width for s in scan.sites}
+        for name, rec in report.sites.items():
+            self.widths[name] = rec.width_after
+        kept = {n: int(m.sum()) - (report.sites[n].removed if n in report.sites else 0) for n, m in scan.dead.items()}
+        self.dead_kept = {n: k for n, k in kept.items() if k}
+        reasons = [kept_reasons.get(n, {}) for n in scan.dead] + [r.reasons for r in report.sites.values()]
+        self.tied_dead = sum(k for r in reasons for why, k in r.items() if "coupled" in why or "tied" in why)
+
+    def _count_dead(self) -> None:
+        """A dead check that removes nothing: the dead units kept now (after a met budget), and
+        the collapse watch."""
+        seen = ProbeOutputs()
+        scan = self.scan(seen.add)
+        scan.dead = agree_dead(scan.dead)
+        self._watch(seen, scan.units - scan.dead_units)
+        self._record_dead(scan, RemovalReport(scan.units, 0, 0, 0, {}), {})
+
+    def _track_gates(self) -> None:
+        """How much the penalised gates moved since the last check, while lambda was on."""
+        now = self._penalty.gates()
+        before, self._gates = self._gates, now
+        if before is not None and before.shape == now.shape and self.lam > 0 and before.numel():
+            self._movement = [*self._movement[-4:], float((now - before).abs().mean() / before.abs().mean().clamp_min(1e-12))]
+
+    def _watch(self, seen: ProbeOutputs, live: int) -> bool:
+        """Look for a collapse in this check's probe outputs; True when it ends the push (a budget)."""
+        last = self.history[-1] if self.history else None
+        died = (last.units_after - last.dead_kept - live) if last else 0
+        lam = self.lam
+        cause = (f"the penalty (lambda {lam:.3g}) killed {died} units since step {last.step}: the push was too "
+                 "strong; lower reg_peak or give the budget more time (target_by)" if died > 0 and last else
+                 f"the penalty (lambda {lam:.3g}) or the learning rate is too strong for this network: lower "
+                 "reg_peak or the learning rate")
+        found = self.watch.observe(self.step_count, seen, cause)
+        if not agree_any(found is not None):
+            return False
+        found = found or Collapse(self.step_count, "another rank's probe", 0.0, 0.0, cause)
+        if self.collapsed is None:
+            self.collapsed = found
+            stops = ": the push stops here (lambda and noise zero, no more removal)" if self.budget else ""
+            self._warn("collapse", f"DemP: {found.line()}{stops}")
+        if self.budget and not self.budget.done:
+            self.budget.stop()
+        return self.budget is not None
 
     @property
     def live_units(self) -> dict[str, int]:
@@ -498,7 +618,10 @@ class DemonPruner:
                 "dead_kept": dict(self.dead_kept), "config": asdict(self.config),
                 "total_steps": self.total_steps, "initial": dict(self.initial),
                 "group_reference": dict(self._group_reference),
-                "budget": self.budget.state_dict() if self.budget else None}
+                "budget": self.budget.state_dict() if self.budget else None,
+                "watch": self.watch.state_dict(), "collapsed": asdict(self.collapsed) if self.collapsed else None,
+                "movement": list(self._movement), "budget_checks": self._budget_checks,
+                "tied_dead": self.tied_dead}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from state_dict(); the model must already have the pruned widths."""
@@ -527,6 +650,12 @@ class DemonPruner:
             self._refresh_params()
         if self.budget and state.get("budget"):
             self.budget.load_state_dict(state["budget"])
+        self.watch.load_state_dict(state.get("watch", {}))
+        self.collapsed = Collapse(**state["collapsed"]) if state.get("collapsed") else None
+        self._movement = list(state.get("movement", []))
+        self._budget_checks = int(state.get("budget_checks", 0))
+        self.tied_dead = int(state.get("tied_dead", 0))
+        self._gates = None
 
 
 def _check_optimizer_owns(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:

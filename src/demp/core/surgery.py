@@ -292,16 +292,55 @@ def _analyse(model: nn.Module, dg: Any, site_nodes: dict[str, Any], widths: dict
     return result.groups, result.removed, sites, full
 
 
-def planned_removal(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any, *, min_units: int = 1,
-                    pruners: Optional[Mapping[Any, Any]] = None) -> dict[str, torch.Tensor]:
-    """The units ``remove_units`` would take out of ``dead`` (``{site: BoolTensor}``), found
-    without changing anything: dead units tied to live ones, or kept by width floors, are not in
-    it.  Lets a caller choose among units that can go (a budget, rounded widths)."""
+@dataclass
+class TiedUnits:
+    """Dead units that can go only together: one dependency group's removable channels.
+
+    ``channels[k]`` lists, per site, the units that the group's k-th removable root channel
+    takes (one site for a plain layer; every site of a residual stream, a concatenation or a
+    depthwise pair for a coupled one).  A budget spends whole channels, so each request it
+    makes is one that surgery accepts.
+    """
+    root: str                                  # the site the group is rooted at
+    width: int                                 # the root site's width
+    channels: list[dict[str, list[int]]]
+
+    @property
+    def units_per_channel(self) -> float:
+        """Units one channel takes, over every site it is tied to."""
+        return sum(sum(len(v) for v in c.values()) for c in self.channels) / max(1, len(self.channels))
+
+    def masks(self, take: int, widths: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        """Per site, the units of the first ``take`` channels (True = remove)."""
+        out: dict[str, torch.Tensor] = {}
+        for channel in self.channels[:take]:
+            for site, units in channel.items():
+                out.setdefault(site, torch.zeros(widths[site], dtype=torch.bool))[units] = True
+        return out
+
+
+def removal_groups(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any, *, min_units: int = 1,
+                   pruners: Optional[Mapping[Any, Any]] = None
+                   ) -> tuple[list[TiedUnits], dict[str, dict[str, int]]]:
+    """What ``remove_units`` would take out of ``dead`` (``{site: BoolTensor}``), as groups of
+    tied units, and per site the reasons the other dead units stay (tied to live ones, width
+    floors), found without changing anything.  Lets a caller choose among units that can go (a
+    budget, rounded widths) in whole channels."""
     _check_request(model, dead, example_inputs, None, min_units)
     dg, site_nodes, widths = build_graph(model, example_inputs, pruners)
     opts = _Options(min_units, exact=True, verify=False, train_check=False, pruners=dict(pruners or {}))
-    _, removed, _, full = _analyse(model, dg, site_nodes, widths, dead, opts)
-    return {n: removed[n] & full[n] for n in widths}
+    plans, _, sites, full = _analyse(model, dg, site_nodes, widths, dead, opts)
+    out = []
+    for g, gone in plans:
+        per_root: dict[int, dict[str, list[int]]] = {r: {} for r in gone}
+        for site, it in g.sites.items():
+            for idx, root, fresh in zip(it.idxs, it.root_idxs, g.fresh[site].tolist()):
+                if fresh and root in per_root and bool(full[site][idx]):
+                    per_root[root].setdefault(site, []).append(int(idx))
+        channels = [per_root[r] for r in gone if per_root[r]]
+        if channels:
+            out.append(TiedUnits(g.root_site, widths[g.root_site], channels))
+    return out, {n: dict(rec.reasons) for n, rec in sites.items() if rec.reasons}
 
 
 def _retry_by_site(model: nn.Module, dead: Mapping[str, Any], example_inputs: Any,
