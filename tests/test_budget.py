@@ -201,7 +201,7 @@ def test_giving_up_is_not_meeting_and_is_reported():
     short = [str(w.message) for w in caught if "budget not met" in str(w.message)]
     assert len(short) == 1 and "0.0% of units removed (0.0% dead) against a target of 50.0%" in short[0]
     # the observed cause: an optimizer at lr 0 moves no gate, whatever lambda is
-    assert "gates stopped moving" in short[0] and "SGD at lr 0" in short[0] and "reg_peak" not in short[0]
+    assert "lost in the optimizer: SGD's learning rate is 0" in short[0] and "reg_peak" not in short[0]
 
 
 def test_checks_keep_within_their_share_of_the_time(monkeypatch):

@@ -61,10 +61,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Describe a run's exported model; with --onnx, write it as ONNX."""
     from demp.app.export import example_input, export_onnx, load_run_model
     from demp.core.utils import count_params
-    from demp.app.rundir import MODEL_NAME
+    from demp.app.rundir import CONFIG_NAME, MODEL_NAME
     path = Path(args.run_dir) / MODEL_NAME
     if not Path(args.run_dir).is_dir():
         raise DempError(f"{args.run_dir}: no such folder; give the run folder of a `demp train` run")
+    if not (Path(args.run_dir) / CONFIG_NAME).is_file() and not path.is_file():
+        raise DempError(f"{args.run_dir} is not a run folder (no {CONFIG_NAME} or {MODEL_NAME}); give the "
+                        "folder a `demp train` run wrote (its --out)")
     if not path.is_file():
         raise DempError(f"no {MODEL_NAME} in {args.run_dir}: the run has not finished "
                         f"(finish it with `demp train --resume {args.run_dir}`)")

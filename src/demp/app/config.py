@@ -11,7 +11,7 @@ import json
 import math
 import re
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -380,16 +380,57 @@ def apply_override(raw: dict, override: str) -> None:
     set_dotted(raw, key, value, f"--set {key}")
 
 
+BUDGET_KEYS = ("target_units", "target_flops")
+"""DemP's two budgets: the one given last replaces the other (a config file's or the main job's)."""
+
+
 def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
     """Main-job defaults, then the YAML/JSON file at ``path``, then ``key=value`` overrides; validated."""
     source = path or "the defaults"
-    cfg = config_from_dict(_read_file(path) if path else {}, f"config file {path}" if path else source)
+    file_raw = _read_file(path) if path else {}
+    cfg = config_from_dict(file_raw, f"config file {path}" if path else source)
+    _check_unused_sparse(cfg, _file_sparse_keys(file_raw), f"config file {path}")
     if overrides:
         raw = config_to_dict(cfg)
+        given = []
         for override in overrides:
             apply_override(raw, override)
+            given.append(override.partition("=")[0].strip())
+        _keep_last_budget(raw, given)
         cfg = config_from_dict(raw, "--set")
+        _check_unused_sparse(cfg, [k for k in given if k.startswith("sparse.") and k != "sparse.method"], "--set")
     return cfg.validate()
+
+
+def _keep_last_budget(raw: dict, given: Sequence[str]) -> None:
+    """A budget set with --set replaces the other kind from the file or the main job, so
+    ``--set method.target_flops=0.5`` alone runs to a FLOPs budget."""
+    method = raw.get("method", {})
+    named = ["target_units" if k == "method.target" else k.split(".", 1)[1] for k in given
+             if k in ("method.target", "method.target_units", "method.target_flops")]
+    if not named or len(set(named)) > 1:
+        return   # none given, or both: validation names a conflict
+    last = named[-1]
+    value = method.get("target" if "method.target" in given and last == "target_units" else last)
+    other = next(b for b in BUDGET_KEYS if b != last)
+    if value is not None and other in method:
+        method[other] = None
+
+
+def _file_sparse_keys(raw: dict) -> list[str]:
+    """``sparse.*`` keys a config file sets to other values than the defaults (besides the method)."""
+    section = raw.get("sparse") if isinstance(raw, dict) else None
+    if not isinstance(section, dict):
+        return []
+    defaults = asdict(SparseConfig())
+    return [f"sparse.{k}" for k, v in section.items() if k != "method" and k in defaults and v != defaults[k]]
+
+
+def _check_unused_sparse(cfg: Config, keys: Sequence[str], where: str) -> None:
+    """Refuse sparse settings that would be ignored because no sparse method is on."""
+    if keys and cfg.sparse.method == "none":
+        raise DempError(f"{where}: {', '.join(keys)} has no effect while sparse.method is 'none'; also "
+                        "set sparse.method (rigl or gmp), e.g. --set sparse.method=rigl")
 
 
 def flat_config(cfg: Config) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from demp.app.run_data import Data, load_run_data
 from demp.app.rundir import (CHECKPOINT_NAME, METRICS_NAME, MODEL_NAME, SUMMARY_NAME, MetricsLog,
                              check_run_dir, check_tensorboard, default_run_dir, start_run_dir)
 from demp.core.batchnorm import choose_statistics
+from demp.core.health import Collapse, at_chance
 from demp.core.schedules import make_schedule
 from demp.core.sparsity import Sparsifier, nonzero_params, sparse_flops
 from demp.core.surgery import RemovalReport
@@ -320,6 +321,7 @@ class Run:
         statistics = self._settle_statistics()
         final: dict = {}
         self.evaluate(final)
+        collapsed = self._collapse(final["test_acc"])
         a, s = self.arch, self.state
         self.metrics.write({"event": "final", "step": s.step, **final, **self.method.log_values(),
                             "units": a.units, "params": a.params, "fwd_flops": a.fwd_flops,
@@ -334,11 +336,24 @@ class Run:
                  "seed": c.seed, "model": c.model.name, "width": c.model.width, "dataset": c.data.name,
                  "batch_size": c.train.batch_size, "world_size": self.world.size,
                  "global_batch": c.train.batch_size, "speed": self.speed.record(),
-                 "bn_statistics": statistics, **self._sparse_summary(), "run_dir": str(self.run_dir)}
+                 "bn_statistics": statistics, **self._sparse_summary(), "collapsed": collapsed,
+                 "run_dir": str(self.run_dir)}
         summary = self.world.same(run_summary(s.initial, a, final, asdict(s), about))   # rank 0's, written
         if self.world.main:
             atomic_write_json(self.run_dir / SUMMARY_NAME, summary)
         return summary
+
+    def _collapse(self, test_acc: float) -> Optional[dict]:
+        """The collapse the method saw, or a final accuracy at chance; said in one line."""
+        seen = self.method.collapsed()
+        if seen is None and at_chance(test_acc, self.data.num_classes):
+            best = self.state.best_acc or 0.0
+            seen = asdict(Collapse(self.state.step, "final accuracy", best, test_acc,
+                                   f"the network ended at chance ({100 * test_acc:.2f}%, best {100 * best:.2f}%"
+                                   f" during training): lower the learning rate or the method's strength"))
+        if seen is not None:
+            log.warning("COLLAPSED: %s", Collapse(**seen).line())
+        return seen
 
     def _settle_statistics(self) -> Optional[dict]:
         """Keep the BatchNorm statistics that serve the probe better (trained or re-estimated)."""

@@ -231,8 +231,8 @@ class DemonPruner:
         self.tied_dead = 0                 # dead units kept at the last check because tied to live ones
         self.collapsed: Optional[Collapse] = None
         self.watch = CollapseWatch()
-        self._gates: Optional[torch.Tensor] = None      # the penalty's gates at the last check
-        self._movement: list[float] = []   # their relative change per check, while lambda was on
+        self._gates: Optional[tuple[int, torch.Tensor]] = None   # step and the penalty's gates at the last check
+        self._gate_steps: list[float] = []  # their mean change per step between checks, while lambda was on
         self._budget_checks = 0            # dead checks while the budget was open
         self.initial: dict[str, int] = {"units": sum(self.widths.values()),
                                         "flops": self._flops() if c.target_flops else 0}
@@ -417,12 +417,14 @@ class DemonPruner:
         """What the run showed about a budget not reached (``demp.core.shortfall``)."""
         b, c = self.budget, self.config
         group = self.optimizer.param_groups[0] if self.optimizer.param_groups else {}
+        lr = float(group.get("lr", 0.0))
+        adaptive = any("exp_avg_sq" in st or "square_avg" in st for st in self.optimizer.state.values())
         return causes(Observed(
             measure=self._measure, removed=self.budget_reached, dead=self.dead_fraction, target=b.target,
-            tied_dead=self.tied_dead, movement=min(self._movement[-2:]) if len(self._movement) >= 2 else None,
+            tied_dead=self.tied_dead, gate_step=max(self._gate_steps[-2:]) if self._gate_steps else None,
             at_ceiling=b.at_ceiling, ceiling=b.ceiling, checks=self._budget_checks,
-            optimizer=type(self.optimizer).__name__, lr=float(group.get("lr", 0.0)),
-            prune_every=c.prune_every, target_by=c.target_by))
+            optimizer=type(self.optimizer).__name__, adaptive=adaptive, lr=lr,
+            start_lr=float(group.get("initial_lr", lr)), prune_every=c.prune_every, target_by=c.target_by))
 
     @property
     def _measure(self) -> str:
@@ -494,7 +496,7 @@ class DemonPruner:
             check_same_widths({n: r.width_after for n, r in report.sites.items()}, "after a removal")
             if report.units_removed:
                 self._refresh_params()
-                self._gates = self._penalty.gates()
+                self._gates = (self.step_count, self._penalty.gates())
         else:
             report = RemovalReport(units, 0, params, params, {})
         self._record_dead(scan, report, kept_reasons)
@@ -556,14 +558,17 @@ class DemonPruner:
         scan = self.scan(seen.add)
         scan.dead = agree_dead(scan.dead)
         self._watch(seen, scan.units - scan.dead_units)
-        self._record_dead(scan, RemovalReport(scan.units, 0, 0, 0, {}), {})
+        kept = (removal_groups(self.model, scan.dead, self.example_inputs, min_units=self.config.min_units,
+                               pruners=self.pruners)[1] if scan.dead_units else {})
+        self._record_dead(scan, RemovalReport(scan.units, 0, 0, 0, {}), kept)
 
     def _track_gates(self) -> None:
-        """How much the penalised gates moved since the last check, while lambda was on."""
+        """How far the penalised gates moved per step since the last check, while lambda was on."""
         now = self._penalty.gates()
-        before, self._gates = self._gates, now
-        if before is not None and before.shape == now.shape and self.lam > 0 and before.numel():
-            self._movement = [*self._movement[-4:], float((now - before).abs().mean() / before.abs().mean().clamp_min(1e-12))]
+        before, self._gates = self._gates, (self.step_count, now)
+        if before is not None and before[1].shape == now.shape and now.numel() and self.lam > 0:
+            steps = max(1, self.step_count - before[0])
+            self._gate_steps = [*self._gate_steps[-4:], float((now - before[1]).abs().mean()) / steps]
 
     def _watch(self, seen: ProbeOutputs, live: int) -> bool:
         """Look for a collapse in this check's probe outputs; True when it ends the push (a budget)."""
@@ -620,7 +625,7 @@ class DemonPruner:
                 "group_reference": dict(self._group_reference),
                 "budget": self.budget.state_dict() if self.budget else None,
                 "watch": self.watch.state_dict(), "collapsed": asdict(self.collapsed) if self.collapsed else None,
-                "movement": list(self._movement), "budget_checks": self._budget_checks,
+                "gate_steps": list(self._gate_steps), "budget_checks": self._budget_checks,
                 "tied_dead": self.tied_dead}
 
     def load_state_dict(self, state: dict) -> None:
@@ -652,7 +657,7 @@ class DemonPruner:
             self.budget.load_state_dict(state["budget"])
         self.watch.load_state_dict(state.get("watch", {}))
         self.collapsed = Collapse(**state["collapsed"]) if state.get("collapsed") else None
-        self._movement = list(state.get("movement", []))
+        self._gate_steps = list(state.get("gate_steps", []))
         self._budget_checks = int(state.get("budget_checks", 0))
         self.tied_dead = int(state.get("tied_dead", 0))
         self._gates = None

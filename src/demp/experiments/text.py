@@ -79,10 +79,18 @@ def format_summary(summary: dict) -> str:
              f"+ {s['eval_s']:.1f} s evaluation"]
     if s.get("target") is not None:
         what = "units" if s["measure"] == "units" else "forward FLOPs"
-        state = ("met" if s.get("met") else "given up by the controller" if s.get("gave_up")
-                 else "not met" if "met" in s else "")
-        lines.append(f"budget: remove {100 * s['target']:.1f}% of {what}; reached {100 * s['reached']:.1f}%"
+        state = ("met" if s.get("met") else "stopped by a collapse" if s.get("stopped")
+                 else "given up by the controller" if s.get("gave_up") else "not met" if "met" in s else "")
+        dead = f", {100 * s['dead']:.1f}% dead" if s.get("dead") is not None else ""
+        lines.append(f"budget: remove {100 * s['target']:.1f}% of {what}; reached {100 * s['reached']:.1f}%{dead}"
                      + (f" ({state})" if state else ""))
+        if s.get("overshoot"):
+            lines.append(f"  deaths overshot the budget by {100 * s['overshoot']:.1f}% of {what} (beyond its tolerance)")
+        lines += [f"  shortfall: {cause}" for cause in s.get("causes") or ()]
+    if s.get("collapsed"):
+        c = s["collapsed"]
+        lines.append(f"COLLAPSED at step {c['step']}: {c['signal']} {c['before']:.4g} -> {c['after']:.4g}; "
+                     f"likely cause: {c['cause']}")
     if s.get("sparse"):
         sp = s["sparse"]
         lines.append(f"sparse: {sp['method']} to density {sp['density']:g} ({sp['distribution']}); non-zero parameters "

@@ -94,6 +94,10 @@ class Method:
         target = getattr(self.config, "target", None)
         return {"target": target, "measure": "units"} if target is not None else None
 
+    def collapsed(self) -> Optional[dict[str, Any]]:
+        """A collapse the method saw while training (``demp.core.health.Collapse`` as a dict), or None."""
+        return None
+
     def knob_value(self) -> Optional[float]:
         """The value of the method's knob (what a results table sorts runs by)."""
         return getattr(self.config, self.knob) if self.knob else None

@@ -1,7 +1,7 @@
 """Demon Pruning as a training method: a DemonPruner driven by the loop's hooks."""
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -48,9 +48,16 @@ class DemPMethod(Method):
         c, pruner = self.config, self.pruner
         if not c.budgeted:
             return None
+        open_ = not pruner.budget_met or pruner.budget_reached < pruner.budget.target - pruner.budget.tolerance - 1e-9
         return {"target": c.target_units or c.target_flops,
                 "measure": "units" if c.target_units is not None else "fwd_flops",
-                "met": pruner.budget_met, "gave_up": pruner.budget_gave_up}
+                "met": pruner.budget_met, "gave_up": pruner.budget_gave_up, "stopped": pruner.budget.stopped,
+                "dead": pruner.dead_fraction, "overshoot": pruner.overshoot,
+                "tied_dead": pruner.tied_dead,
+                "causes": pruner.shortfall_causes() if open_ and not pruner.budget.stopped else []}
+
+    def collapsed(self) -> Optional[dict[str, Any]]:
+        return asdict(self.pruner.collapsed) if self.pruner.collapsed else None
 
     def knob_value(self) -> Optional[float]:
         c = self.config
