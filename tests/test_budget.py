@@ -110,8 +110,54 @@ def test_a_met_budget_stops_checks_and_pushing():
         pruner.step()
     assert len(pruner.history) == 1 and pruner.history[0].units_after == 6   # 2 of 8 units: the budget
     assert pruner.budget_met and pruner.lam == 0.0 and pruner.sigma == 0.0
-    assert pruner.finish() is None and len(pruner.history) == 1
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert pruner.finish() is None and len(pruner.history) == 1
     assert pruner.dead_kept == {next(iter(pruner.widths)): 2}   # surplus dead units stay, inert
+    # half of the units died against a budget of a quarter: reported, not hidden
+    assert pruner.dead_fraction == pytest.approx(0.5) and pruner.overshoot == pytest.approx(0.24)
+    assert any("overshot the budget: 50.0% of units dead against a target of 25.0%" in str(w.message) for w in caught)
+
+
+def test_deaths_ahead_of_the_plan_bring_lambda_down_before_the_peak():
+    """Deaths count whether or not they were removed; ahead of the plan lambda drops at once,
+    even while the schedule still rises (hold_until), and rises back as the plan catches up."""
+    c = BudgetController(0.5, 1000, 1.0, hold_until=600)
+    assert c.update(100, dead=0.0) == 1.0                      # behind, but before the peak: left alone
+    down = c.update(200, dead=0.3)                             # planned 0.1: far ahead
+    assert down < 0.5
+    assert c.update(400, dead=0.3) > down                       # planned 0.2: the gap narrows
+    assert c.update(700, dead=0.5) == 0.0 and c.met
+
+
+def test_a_collapse_stops_the_push_and_the_removals():
+    """Outputs that stop depending on the input at a check: with a budget, lambda and noise go
+    to zero, nothing more is removed, and the collapse is recorded and warned about once."""
+    import warnings
+    import torch.nn as nn
+    import demp
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    x = torch.randn(64, 4)
+    pruner = demp.DemonPruner(model, torch.optim.SGD(model.parameters(), lr=0.0), x[:2], total_steps=40,
+                              probe=[x], prune_every=5, target_units=0.5, reg_peak=1e-2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(40):
+            if step == 12:
+                with torch.no_grad():   # the network stops looking at its input; 8 units dead too
+                    model[3].weight.zero_()
+                    model[1].weight[:8] = 0.0
+                    model[1].bias[:8] = -1.0
+            pruner.penalty()
+            pruner.step()
+        pruner.finish()
+    assert pruner.collapsed is not None and pruner.collapsed.step == 15 and pruner.collapsed.signal == "output spread"
+    assert pruner.budget.stopped and pruner.budget_done and pruner.lam == 0.0 and pruner.sigma == 0.0
+    assert pruner.history[-1].step == 15 and pruner.history[-1].units_after == 16   # nothing removed at or after it
+    said = [str(w.message) for w in caught if "collapsed" in str(w.message)]
+    assert len(said) == 1 and "the push stops here" in said[0]
 
 
 def test_gives_up_at_the_deadline_rather_than_collapse():
@@ -309,3 +355,99 @@ def test_spend_takes_equal_shares_in_whole_steps_then_fills_from_the_costliest()
     # room 42 in steps of 4: the shares (3.8 units each) round down to 0; the fill takes 4 of the
     # costly site (40) and then nothing more fits
     assert spend(42, {"a": 8, "b": 8}, cost, widths, round_to=4) == {"a": 4, "b": 0}
+
+
+# ----------------------------------------------------------------------------- spending by dependency group
+
+class _Block(torch.nn.Module):
+    """relu(f(x) + x): the block's output channels are the stream's, tied to the stem's."""
+
+    def __init__(self, w):
+        super().__init__()
+        nn = torch.nn
+        self.f = nn.Sequential(nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+                               nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w))
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.f(x) + x)
+
+
+def _residual_net(w=8):
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(3, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+                         _Block(w), _Block(w), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w, 4))
+
+
+def _kill(bn, channels):
+    with torch.no_grad():
+        bn.weight[channels] = 0.0
+        bn.bias[channels] = -1.0
+
+
+def _requests(monkeypatch):
+    """Record every removal the pruner asks for: (units requested, units removed)."""
+    from demp.core import pruner as pruner_module
+    seen, real = [], pruner_module.remove_units
+
+    def recorded(model, dead, *args, **kwargs):
+        report = real(model, dead, *args, **kwargs)
+        seen.append((sum(int(m.sum()) for m in dead.values()), report.units_removed))
+        return report
+    monkeypatch.setattr(pruner_module, "remove_units", recorded)
+    return seen
+
+
+def test_a_flops_budget_spends_coupled_channels_at_every_site_they_are_tied_to(monkeypatch):
+    """Stream channels 0-2 dead at all three sites they are tied to, inner units dead in both
+    blocks: the budget takes whole stream channels and inner units, every request is accepted,
+    and it lands within one unit's cost of the target (here a unit is 4-6% of the FLOPs; a
+    second check tops up what the first one's estimate left: removing both ends of a conv
+    saves less than their two costs)."""
+    import demp
+    from demp.core.flops import forward_flops
+    torch.manual_seed(0)
+    model = _residual_net()
+    _kill(model[1], [0, 1, 2])
+    for block in (model[3], model[4]):
+        _kill(block.f[4], [0, 1, 2, 3])
+        _kill(block.f[1], [0, 1, 2, 3, 4])
+    x = torch.randn(32, 3, 8, 8)
+    seen = _requests(monkeypatch)
+    flops0 = forward_flops(model, x[:2])
+    pruner = demp.DemonPruner(model, torch.optim.SGD(model.parameters(), lr=0.0), x[:2], total_steps=20,
+                              probe=[x], prune_every=5, target_flops=0.5, reg_peak=1e-3)
+    for _ in range(20):
+        pruner.penalty()
+        pruner.step()
+    pruner.finish()
+    assert len(seen) >= 2 and all(asked == removed for asked, removed in seen)     # no refused request
+    removed = 1 - forward_flops(model, x[:2]) / flops0
+    assert pruner.budget_met and 0.5 - 0.06 <= removed <= 0.5 + 1e-9
+    widths = pruner.widths
+    assert widths["2"] == widths["3.relu"] == widths["4.relu"] < 8        # the stream lost the same channels
+
+
+def test_our_resnet_meets_a_flops_budget_without_a_refused_request(monkeypatch):
+    """Half of every block's inner units and a quarter of the stem's dead: the budget lands
+    within one unit's cost, every request accepted."""
+    import demp
+    from demp.app.models import create_model
+    from demp.core.flops import forward_flops
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=4, in_channels=3, width=0.25, image_size=8)
+    for name, m in model.named_modules():
+        if name.endswith("bn1") or name == "stem.bn":
+            _kill(m, list(range(m.num_features // (4 if name == "stem.bn" else 2))))
+    x = torch.randn(32, 3, 8, 8)
+    seen = _requests(monkeypatch)
+    flops0 = forward_flops(model, x[:2])
+    pruner = demp.DemonPruner(model, torch.optim.AdamW(model.parameters(), lr=0.0), x[:2], total_steps=20,
+                              probe=[x], prune_every=5, target_flops=0.3, reg_peak=1e-3)
+    for _ in range(20):
+        pruner.penalty()
+        pruner.step()
+    pruner.finish()
+    assert seen and all(asked == removed for asked, removed in seen)
+    removed = 1 - forward_flops(model, x[:2]) / flops0
+    assert pruner.budget_met and 0.3 - 0.02 <= removed <= 0.3 + 1e-9

@@ -341,7 +341,7 @@ class DemonPruner:
             self.noise.apply(self._noise_params, sigma * math.sqrt(k), pen)
         self._penalty_scale = 0.0
         report = None
-        if self.step_count % self.config.prune_every == 0 and not self.budget_done and self._check_affordable():
+        if self.step_count % self.config.prune_every == 0 and self._checking and self._check_affordable():
             report = self.prune()
         self.step_count += 1
         return report
@@ -363,7 +363,7 @@ class DemonPruner:
         batches, judged on the probe (``demp.core.batchnorm.choose_statistics``; the choice is
         in ``final_statistics``).  A budget that is not met by now is reported with a warning.
         """
-        report = self.prune() if self.config.final_prune and not self.budget_done else None
+        report = self.prune() if self.config.final_prune and self._checking else None
         if report is None:
             self._count_dead()
         if self.budget:
@@ -388,6 +388,16 @@ class DemonPruner:
     def budget_done(self) -> bool:
         """Met, given up or stopped by a collapse: no more removal, checks, penalty or noise."""
         return bool(self.budget and self.budget.done)
+
+    @property
+    def _checking(self) -> bool:
+        """Whether dead checks still run: no budget, one still open, or one met in deaths whose
+        removal has not landed yet (dead units that can go are left; lambda stays at zero)."""
+        b = self.budget
+        if not b or not b.done:
+            return True
+        return (b.met and self.budget_reached < b.target - b.tolerance - 1e-9
+                and sum(self.dead_kept.values()) > self.tied_dead)
 
     @property
     def budget_reached(self) -> Optional[float]:
