@@ -1,0 +1,194 @@
+"""Hugging Face transformers models, built from tiny configs (no downloads): exact removal on the
+models themselves with dict inputs, GPT-2's Conv1D, the Trainer callback and the pruned save/reload
+(skipped without transformers)."""
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn as nn
+
+transformers = pytest.importorskip("transformers")
+
+import demp  # noqa: E402
+from demp import DempError  # noqa: E402
+from demp.core import tp_compat  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+VOCAB = 64
+
+
+def _opt():
+    return transformers.OPTForCausalLM(transformers.OPTConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
+        max_position_embeddings=64, word_embed_proj_dim=32, pad_token_id=1, bos_token_id=2, eos_token_id=2))
+
+
+def _gpt2():
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, activation_function="relu",
+        bos_token_id=0, eos_token_id=0, pad_token_id=0))
+
+
+def _bert():
+    return transformers.BertForSequenceClassification(transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        hidden_act="relu", max_position_embeddings=64, num_labels=3))
+
+
+def _roberta():
+    return transformers.RobertaForMaskedLM(transformers.RobertaConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        hidden_act="relu", max_position_embeddings=72, pad_token_id=1))
+
+
+def _vit():
+    return transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, hidden_act="relu", num_labels=5))
+
+
+def _t5():
+    return transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, feed_forward_proj="relu",
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+
+
+def _producer(model: nn.Module) -> tuple[str, nn.Module]:
+    """The first FFN's first layer (the one whose output units the first ReLU site reads)."""
+    names = ("decoder.layers.0.fc1", "h.0.mlp.c_fc", "layers.0.mlp.fc1", "layer.0.intermediate.dense", "block.0.layer.1.DenseReluDense.wi")
+    return next((n, m) for n, m in model.named_modules() if n.endswith(names))
+
+
+def _inputs(name: str, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    if name == "vit":
+        return {"pixel_values": torch.randn(2, 3, 16, 16, generator=g)}
+    ids = torch.randint(3, VOCAB, (2, 12), generator=g)
+    if name == "t5":
+        return {"input_ids": ids, "decoder_input_ids": torch.randint(3, VOCAB, (2, 6), generator=g)}
+    return {"input_ids": ids}
+
+
+MODELS = {"opt": _opt, "gpt2": _gpt2, "bert": _bert, "roberta": _roberta, "vit": _vit, "t5": _t5}
+PLANTED = torch.tensor([1, 5, 6, 20, 33])
+
+
+def planted(name: str) -> nn.Module:
+    """A tiny model whose first FFN has units PLANTED dead on every input (zero weights, bias -1)."""
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    _, layer = _producer(model)
+    transposed = isinstance(layer, tp_compat.transposed_linear_types())
+    with torch.no_grad():
+        if transposed:
+            layer.weight[:, PLANTED] = 0.0
+        else:
+            layer.weight[PLANTED] = 0.0
+        if layer.bias is not None:
+            layer.bias[PLANTED] = -1.0
+    return model
+
+
+def _trained_optimizer(model: nn.Module, x: dict) -> torch.optim.AdamW:
+    """AdamW with state from one step on the model's own loss (planted units get no gradient)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    out = model(**x)
+    logits = out.logits
+    logits.float().pow(2).mean().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return optimizer
+
+
+def _first_site(model: nn.Module, x: dict) -> str:
+    return demp.list_sites(model, x)[0].name
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_planted_units_go_outputs_and_adamw_state_follow(name):
+    model, x = planted(name), _inputs(name)
+    optimizer = _trained_optimizer(model, x)
+    site = _first_site(model, x)
+    dead = demp.find_dead_units(model, [x, _inputs(name, 1)])
+    assert dead[site][PLANTED].all()
+    mask = torch.zeros_like(dead[site])
+    mask[PLANTED] = True
+    layer_name, layer = _producer(model)
+    old_weight, old_state = layer.weight, {k: v.clone() for k, v in optimizer.state[layer.weight].items()}
+    with torch.no_grad():
+        before = model(**x).logits
+    report = demp.remove_units(model, {site: mask}, x, optimizer)
+    assert report.sites[site].removed == len(PLANTED) and report.params_after < report.params_before
+    with torch.no_grad():
+        after = model(**x).logits
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+
+    layer = dict(model.named_modules())[layer_name]
+    keep = torch.ones(mask.numel(), dtype=torch.bool)
+    keep[PLANTED] = False
+    transposed = isinstance(layer, tp_compat.transposed_linear_types())
+    rows = (lambda t: t[:, keep]) if transposed else (lambda t: t[keep])
+    assert layer.weight is not old_weight and torch.equal(layer.weight, rows(old_weight.detach()))
+    state = optimizer.state[layer.weight]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(state[key], rows(old_state[key]))
+    params = {id(p) for p in model.parameters()}
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == params
+    assert all(optimizer.state[p]["exp_avg"].shape == p.shape for p in model.parameters() if p in optimizer.state)
+    _trained_optimizer(model, x)  # trains on at the new widths
+
+
+@pytest.mark.parametrize("name", ["opt", "gpt2", "t5"])
+def test_generate_is_unchanged_after_removal(name):
+    model, x = planted(name), _inputs(name)
+    prompt = {"input_ids": x["input_ids"]}
+    greedy = dict(max_new_tokens=4, do_sample=False)
+    before = model.generate(**prompt, **greedy)
+    site = _first_site(model, x)
+    mask = torch.zeros(demp.list_sites(model, x)[0].width, dtype=torch.bool)
+    mask[PLANTED] = True
+    demp.remove_units(model, {site: mask}, x)
+    assert torch.equal(model.generate(**prompt, **greedy), before)
+
+
+def test_cache_and_tuple_outputs_do_not_break_the_graph():
+    model, x = planted("opt"), _inputs("opt")
+    for extra in ({"use_cache": True}, {"use_cache": True, "return_dict": False}):
+        inputs = {**x, **extra}
+        site = _first_site(model, inputs)
+        dead = demp.find_dead_units(model, [inputs])
+        before = model(**inputs)[0]
+        demp.remove_units(model, {site: dead[site]}, inputs)
+        torch.testing.assert_close(model(**inputs)[0], before, rtol=1e-5, atol=1e-6)
+    assert demp.list_sites(model, x)[0].width <= 64 - len(PLANTED)
+
+
+def test_gpt2_conv1d_pruner_slices_columns_and_widths():
+    model = planted("gpt2")
+    _, c_fc = _producer(model)
+    report = demp.remove_units(model, demp.find_dead_units(model, [_inputs("gpt2")]), _inputs("gpt2"))
+    c_proj = model.transformer.h[0].mlp.c_proj
+    assert report.units_removed >= len(PLANTED)
+    assert c_fc.nf == c_fc.weight.shape[1] == c_fc.bias.shape[0] == c_proj.nx == c_proj.weight.shape[0] < 128
+
+
+def test_graph_failure_is_told_apart_from_bad_inputs(monkeypatch):
+    model, x = planted("gpt2"), _inputs("gpt2")
+    with pytest.raises(DempError, match="cannot run on example_inputs"):
+        demp.remove_units(model, {}, {"input_idz": x["input_ids"]})
+    # torch-pruning 1.6.1 as it is: no Conv1D pruner, and its concatenation bug on the key/value cache
+    monkeypatch.setattr(tp_compat, "default_pruners", dict)
+    monkeypatch.setattr(tp_compat, "_concat_sizes_checked", contextlib.nullcontext)
+    with pytest.raises(DempError, match=r"dependency graph of GPT2LMHeadModel could not be built.*Conv1D.*pruners="):
+        demp.remove_units(model, {}, x)
+
+
+def test_core_does_not_import_transformers():
+    import subprocess
+    import sys
+    code = ("import sys, torch, demp; from demp.core import surgery, pruner, tp_compat; "
+            "print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
