@@ -192,3 +192,118 @@ def test_core_does_not_import_transformers():
             "print('transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- Trainer and saving
+
+from demp.integrations import hf  # noqa: E402
+
+
+class _Tokens(torch.utils.data.Dataset):
+    """Causal-LM examples: random token rows, labels = inputs."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.ids = torch.randint(3, VOCAB, (n, 12), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def _args(tmp_path, steps: int, **kw):
+    return transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=8, learning_rate=2e-3,
+        report_to=[], save_strategy="steps", save_steps=4, logging_strategy="no", use_cpu=True,
+        disable_tqdm=True, seed=0, lr_scheduler_type="linear", **kw)
+
+
+def _callback(**kw):
+    probe = [{"input_ids": _Tokens(8, seed=9).ids}]
+    return hf.DemonPruningCallback(probe, reg_peak=1e-3, noise_peak=1e-4, prune_every=4, **kw)
+
+
+def _fit(tmp_path, steps: int, model=None, resume=None, **kw):
+    model = model if model is not None else planted("opt")
+    cb = _callback()
+    trainer = transformers.Trainer(model=model, args=_args(tmp_path, steps, **kw), train_dataset=_Tokens(64),
+                                   callbacks=[cb])
+    trainer.train(resume_from_checkpoint=resume)
+    return trainer, cb
+
+
+def _ffn_widths(model) -> list[int]:
+    return [layer.fc1.out_features for layer in model.model.decoder.layers]
+
+
+def test_callback_prunes_inside_trainer_and_slices_accelerates_optimizer(tmp_path):
+    calls = []
+    original = demp.DemonPruner.add_penalty_grad
+
+    def spy(self, grad_scale=1.0):
+        calls.append(grad_scale)
+        return original(self, grad_scale)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(demp.DemonPruner, "add_penalty_grad", spy)
+        trainer, cb = _fit(tmp_path, 8, gradient_accumulation_steps=2)
+    model = trainer.model
+    assert calls == [1.0] * 8 and cb.pruner.step_count == 8     # once per optimizer step
+    assert _ffn_widths(model)[0] <= 64 - len(PLANTED) and cb.pruner.history[0].units_before == 128
+    inner = trainer.optimizer.optimizer                          # accelerate's wrapper keeps the same groups
+    assert trainer.optimizer.param_groups is inner.param_groups
+    assert {id(p) for g in inner.param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    assert all(inner.state[p]["exp_avg"].shape == p.shape for p in model.parameters())
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0)   # linear decay ran to its end
+    assert (tmp_path / "out" / "checkpoint-8" / hf.SHAPES_FILE).is_file()
+
+
+def test_resume_from_a_pruned_checkpoint_continues_the_run(tmp_path):
+    trainer, cb = _fit(tmp_path, 8)
+    widths = _ffn_widths(trainer.model)
+    assert widths[0] < 64
+    ckpt = tmp_path / "out" / "checkpoint-4"
+    saved = hf.read_shapes(ckpt)
+    resumed, cb2 = _fit(tmp_path, 8, model=planted("opt"), resume=str(ckpt))
+    assert cb2.pruner.step_count == 8 and cb2.pruner.history[0].step == cb.pruner.history[0].step
+    assert len(cb2.pruner.history) == len(cb.pruner.history)
+    assert saved["modules"]["model.decoder.layers.0.fc1"]["out_features"] < 64
+    assert _ffn_widths(resumed.model) == widths
+
+
+def test_save_model_reloads_in_one_call_with_identical_logits(tmp_path):
+    trainer, _ = _fit(tmp_path, 4)
+    model = trainer.model.eval()
+    x = _inputs("opt")
+    trainer.save_model(str(tmp_path / "final"))
+    hf.save_pretrained_pruned(model, tmp_path / "direct")
+    for folder in ("final", "direct"):
+        again = hf.from_pretrained_pruned(transformers.OPTForCausalLM, tmp_path / folder)
+        assert _ffn_widths(again) == _ffn_widths(model) and _ffn_widths(model)[0] < 64
+        with torch.no_grad():
+            assert torch.equal(again(**x).logits, model(**x).logits)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert", "t5"])
+def test_pruned_models_of_other_classes_reload(tmp_path, name):
+    model, x = planted(name), _inputs(name)
+    demp.remove_units(model, demp.find_dead_units(model, [x]), x)
+    hf.save_pretrained_pruned(model, tmp_path)
+    again = hf.from_pretrained_pruned(type(model), tmp_path)
+    with torch.no_grad():
+        assert torch.equal(again(**x).logits, model.eval()(**x).logits)
+
+
+def test_reload_refuses_folders_that_do_not_match(tmp_path):
+    model, x = planted("opt"), _inputs("opt")
+    model.save_pretrained(tmp_path / "plain")
+    with pytest.raises(DempError, match="no demp_shapes.json"):
+        hf.from_pretrained_pruned(transformers.OPTForCausalLM, tmp_path / "plain")
+    demp.remove_units(model, demp.find_dead_units(model, [x]), x)
+    hf.save_pretrained_pruned(model, tmp_path / "pruned")
+    with pytest.raises(DempError, match="holds a OPTForCausalLM"):
+        hf.from_pretrained_pruned(transformers.GPT2LMHeadModel, tmp_path / "pruned")
+    (tmp_path / "plain" / hf.SHAPES_FILE).write_text((tmp_path / "pruned" / hf.SHAPES_FILE).read_text())
+    with pytest.raises(DempError, match="do not match"):   # full-width weights, pruned widths file
+        hf.from_pretrained_pruned(transformers.OPTForCausalLM, tmp_path / "plain")
