@@ -307,3 +307,35 @@ def test_reload_refuses_folders_that_do_not_match(tmp_path):
     (tmp_path / "plain" / hf.SHAPES_FILE).write_text((tmp_path / "pruned" / hf.SHAPES_FILE).read_text())
     with pytest.raises(DempError, match="do not match"):   # full-width weights, pruned widths file
         hf.from_pretrained_pruned(transformers.OPTForCausalLM, tmp_path / "plain")
+
+
+def test_gpt2_units_are_penalised_through_conv1d_columns():
+    from demp.core import regulariser
+    from demp.core.costs import site_costs
+    model, x = planted("gpt2"), _inputs("gpt2")
+    costs = site_costs(model, x)
+    mlp = model.transformer.h[0].mlp
+    first = costs["transformer.h.0.mlp.act"]
+    assert first.producers == (mlp.c_fc,) and first.consumers == (mlp.c_proj,) and first.flops > 0
+    norms = regulariser.unit_norms(regulariser.UnitGroup(first.producers, first.consumers))
+    manual = (mlp.c_fc.weight.pow(2).sum(0) + mlp.c_fc.bias.pow(2) + mlp.c_proj.weight.pow(2).sum(1)).sqrt()
+    torch.testing.assert_close(norms, manual)
+    pruner = demp.DemonPruner(model, torch.optim.SGD(model.parameters(), lr=0.1), x, 10, [x], reg_peak=1e-2,
+                              schedule="constant")
+    assert len(pruner.penalised.groups) == 2 and float(pruner.penalty()) > 0
+
+
+def test_batchnorm_resnet_trains_prunes_and_settles_statistics_on_dict_inputs():
+    torch.manual_seed(0)
+    model = transformers.ResNetForImageClassification(transformers.ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=4))
+    x = {"pixel_values": torch.randn(4, 3, 32, 32)}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    pruner = demp.DemonPruner(model, optimizer, x, 4, [x], prune_every=2, reg_peak=1e-2)
+    for _ in range(4):
+        (model(**x).logits.pow(2).mean() + pruner.penalty()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        pruner.step()
+    pruner.finish()
+    assert pruner.penalised.scales and pruner.final_statistics.kept in ("trained", "re-estimated")
