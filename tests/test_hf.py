@@ -339,3 +339,18 @@ def test_batchnorm_resnet_trains_prunes_and_settles_statistics_on_dict_inputs():
         pruner.step()
     pruner.finish()
     assert pruner.penalised.scales and pruner.final_statistics.kept in ("trained", "re-estimated")
+
+
+def test_penalty_gradient_carries_the_amp_loss_scale_until_gradients_are_unscaled():
+    class Wrapped:   # what accelerate's AcceleratedOptimizer exposes: the torch optimizer and the scaler
+        def __init__(self, optimizer, scaler):
+            self.optimizer, self.scaler = optimizer, scaler
+
+    p = nn.Parameter(torch.ones(3))
+    sgd = torch.optim.SGD([p], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    scaler.scale(p.sum()).backward()
+    assert hf._grad_scale(Wrapped(sgd, scaler)) == 8.0
+    scaler.unscale_(sgd)                                   # what gradient clipping does first
+    assert hf._grad_scale(Wrapped(sgd, scaler)) == 1.0
+    assert hf._grad_scale(sgd) == 1.0 and hf._grad_scale(Wrapped(sgd, None)) == 1.0
