@@ -116,7 +116,7 @@ def build_graph(model: nn.Module, example_inputs: Any, pruners: Optional[Mapping
         with tracer:
             return flatten_outputs(call_model(m, x))   # tensors only: no caches or other objects
 
-    pruners = {ChannelSelect: ChannelSelectPruner(), **tp_compat.default_pruners(), **(pruners or {})}
+    pruners = {ChannelSelect: ChannelSelectPruner(), **tp_compat.graph_pruners(pruners)}
     try:
         dg = tp_compat.build_dependency(model, example_inputs, forward, pruners)
     except DempError:

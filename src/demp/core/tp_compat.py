@@ -221,16 +221,27 @@ class TransposedLinearPruner(BasePruningFunc):
         return layer.weight.shape[0]
 
 
+_TRANSPOSED: set[type] = set()
+"""Layer types some ``pruners=`` mapping gave a TransposedLinearPruner (``graph_pruners``)."""
+
+
 def transposed_linear_types() -> tuple[type, ...]:
     """Linear layers with a transposed weight: transformers' Conv1D (GPT-2) once transformers is
-    loaded (looked up in ``sys.modules``: a model holding one has imported it; core never does)."""
+    loaded (looked up in ``sys.modules``: a model holding one has imported it; core never does),
+    and the types a caller registered with a ``TransposedLinearPruner``."""
     conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
-    return (conv1d,) if conv1d is not None else ()
+    return ((conv1d,) if conv1d is not None else ()) + tuple(_TRANSPOSED)
 
 
-def default_pruners() -> dict[Any, BasePruningFunc]:
-    """Pruners for the known layer types outside torch (``transposed_linear_types``)."""
-    return {t: TransposedLinearPruner() for t in transposed_linear_types()}
+def graph_pruners(pruners: Optional[Mapping[Any, BasePruningFunc]]) -> dict[Any, BasePruningFunc]:
+    """The pruners a graph is built with: a ``TransposedLinearPruner`` for Conv1D when transformers
+    is loaded, then the caller's (whose ``TransposedLinearPruner`` types are remembered, so the
+    analysis and the penalty read those layers as linear ones)."""
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    merged = {**({conv1d: TransposedLinearPruner()} if conv1d is not None else {}), **(pruners or {})}
+    _TRANSPOSED.update(k for k, v in merged.items() if isinstance(k, type) and isinstance(v, TransposedLinearPruner)
+                       and k is not conv1d)
+    return merged
 
 
 def is_linear(module: Any) -> bool:
@@ -244,8 +255,8 @@ def unknown_layer_types(model: nn.Module, customized: Mapping[Any, Any]) -> list
     names: list[str] = []
     for m in model.modules():
         own = any(p is not None for p in m._parameters.values())
-        known = (tp_ops.module2type(m) != tp_ops.OPTYPE.ELEMENTWISE or type(m) in customized
-                 or m in customized)
+        known = (tp_ops.module2type(m) != tp_ops.OPTYPE.ELEMENTWISE or m in customized
+                 or any(isinstance(m, k) for k in customized if isinstance(k, type)))
         if own and not known and type(m).__name__ not in names:
             names.append(type(m).__name__)
     return names
