@@ -39,6 +39,14 @@ def test_lightning_callback_prunes_and_the_checkpoint_reloads():
     assert r["units_removed"] > 0.1 and r["params"] < r["params_dense"] and r["test_acc"] > 0.9
 
 
+def test_hf_trainer_prunes_and_the_saved_model_reloads_in_one_call():
+    pytest.importorskip("transformers")
+    import hf_trainer
+    r = hf_trainer.main()
+    assert r["budget_met"] and r["units_removed"] >= 0.25 and r["reloaded_identical"]
+    assert sum(r["widths_after"]) < sum(r["widths_before"]) and r["eval_loss"] < 4.0
+
+
 def test_ddp_under_torchrun_keeps_ranks_identical(tmp_path):
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           str(EXAMPLES / "ddp_torchrun.py"), "--epochs", "4", "--out", str(tmp_path)],

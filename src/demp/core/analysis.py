@@ -94,7 +94,7 @@ def _weight_op(node: Any) -> bool:
 
 
 _LINEAR_INTERNAL = frozenset({"addmm", "mm", "bmm", "matmul"})
-"""Matmuls that nn.Linear runs on 3-D inputs; tracing shows them as separate ops."""
+"""Matmuls that nn.Linear runs on 3-D inputs (Conv1D always); tracing shows them as separate ops."""
 _FUSED_INTERNAL = frozenset({"nativebatchnorm", "nativegroupnorm"})
 """Norms that a fused norm + activation layer (a norm subclass, timm-style) runs functionally."""
 
@@ -105,7 +105,7 @@ def _layer_internal(node: Any) -> bool:
     if node_kind(node) != "elementwise" or not node.outputs:
         return False
     name = op_name(node)
-    return ((name in _LINEAR_INTERNAL and all(isinstance(o.module, nn.Linear) for o in node.outputs))
+    return ((name in _LINEAR_INTERNAL and all(tp_compat.is_linear(o.module) for o in node.outputs))
             or (name in _FUSED_INTERNAL and all(isinstance(o.module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm))
                                                 for o in node.outputs)))
 
@@ -128,7 +128,7 @@ def _is_consumer(dg: Any, item: GroupItem) -> bool:
         return False
     if isinstance(m, nn.modules.conv._ConvNd):
         return not tp_compat.is_depthwise(m)
-    return isinstance(m, (nn.Linear, ChannelSelect))
+    return tp_compat.is_linear(m) or isinstance(m, ChannelSelect)
 
 
 def _blocking_member(item: GroupItem, exact: bool, shared: set[int]) -> str:
@@ -141,8 +141,8 @@ def _blocking_member(item: GroupItem, exact: bool, shared: set[int]) -> str:
         return "its channels reach the model output"
     if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups == m.out_channels != m.in_channels:
         return "a grouped conv with one output per group (torch-pruning would treat it as depthwise)"
-    if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm,
-                      nn.GroupNorm, ChannelSelect)):
+    if tp_compat.is_linear(m) or isinstance(m, (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm,
+                                                nn.GroupNorm, ChannelSelect)):
         return ""
     if isinstance(m, nn.LayerNorm):
         return "" if not exact else "a LayerNorm normalises over its channels (not exact)"
@@ -320,7 +320,7 @@ class _Analysis:
         local = removable[root]  # per mapped channel of this member
         name = self.node_site.get(it.node)
         if name is not None or (not tp_compat.is_in_channel_fn(self.dg, it.handler)
-                                and isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))):
+                                and (isinstance(m, nn.modules.conv._ConvNd) or tp_compat.is_linear(m))):
             width = self.masks[name].numel() if name is not None else tp_compat.out_channels(self.dg, m)
             floor = self.min_units if name is not None else 1
             gone = torch.unique(idx[local])

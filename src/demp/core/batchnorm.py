@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from demp.core.detection import batch_input, call_model
+from demp.core.detection import batch_input, call_model, main_output
 from demp.core.utils import eval_mode, kept_buffers, kept_modes
 
 
@@ -102,7 +102,7 @@ def _probe_criterion(model: nn.Module, batches: list, loss_fn: Callable, referen
     total = 0.0
     with eval_mode(model):
         for i, batch in enumerate(batches):
-            out = call_model(model, batch_input(batch)).float()
+            out = main_output(call_model(model, batch_input(batch))).float()
             if references is None:
                 total += float(loss_fn(out, _targets(batch)))
             else:
@@ -118,7 +118,7 @@ def _batch_stat_outputs(model: nn.Module, batches: list) -> list[torch.Tensor]:
         for m in model.modules():
             if isinstance(m, nn.modules.dropout._DropoutNd):
                 m.eval()
-        return [call_model(model, batch_input(b)).float().log_softmax(-1) for b in batches]
+        return [main_output(call_model(model, batch_input(b))).float().log_softmax(-1) for b in batches]
 
 
 def choose_statistics(model: nn.Module, probe: Iterable[Any], calibration: Iterable[Any],

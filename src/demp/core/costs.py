@@ -30,7 +30,6 @@ COST_MEASURES = ("uniform", "flops", "params")
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 _PASS_THROUGH = frozenset({"add", "sub", "mul", "clone", "tocopy", "alias", "nativedropout"})
 """Element-wise ops between a gating norm and its ReLU (autograd names without 'Backward')."""
-_LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ def _gates(node: Any, sites: set, width: int) -> tuple[tuple[nn.Module, ...], tu
         if isinstance(m, NORM_TYPES):
             if norm_width(m) == width and m not in norms:
                 norms.append(m)
-        elif isinstance(m, _LAYERS):
+        elif _is_layer(m):
             if (_layer_channels(m, consumer=False) == width and not getattr(m, "transposed", False)
                     and m not in layers):
                 layers.append(m)
@@ -82,11 +81,17 @@ def _gates(node: Any, sites: set, width: int) -> tuple[tuple[nn.Module, ...], tu
     return tuple(norms), (() if norms else tuple(layers))
 
 
+def _is_layer(m: nn.Module) -> bool:
+    """A conv or linear layer (transposed-weight linear layers such as GPT-2's Conv1D included)."""
+    return isinstance(m, nn.modules.conv._ConvNd) or tp_compat.is_linear(m)
+
+
 def _layer_channels(m: nn.Module, consumer: bool) -> int:
     """A conv's or linear layer's input (``consumer``) or output channels."""
-    if isinstance(m, nn.Linear):
-        return m.in_features if consumer else m.out_features
-    return m.in_channels if consumer else m.out_channels
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return m.in_channels if consumer else m.out_channels
+    transposed = isinstance(m, tp_compat.transposed_linear_types())   # weight (in, out), not (out, in)
+    return m.weight.shape[int(consumer) ^ int(transposed)]
 
 
 def _consumers(dg: Any, items: list, width: int) -> tuple[nn.Module, ...]:
@@ -95,7 +100,7 @@ def _consumers(dg: Any, items: list, width: int) -> tuple[nn.Module, ...]:
     out = []
     for it in items:
         m = it.node.module
-        if (isinstance(m, _LAYERS) and tp_compat.is_in_channel_fn(dg, it.handler) and len(it.idxs) == 1
+        if (_is_layer(m) and tp_compat.is_in_channel_fn(dg, it.handler) and len(it.idxs) == 1
                 and _layer_channels(m, consumer=True) == width and getattr(m, "groups", 1) == 1
                 and not getattr(m, "transposed", False) and m not in out):
             out.append(m)
@@ -113,7 +118,7 @@ def _unit_cost(dg: Any, items: list, flops: Mapping[nn.Module, int]) -> tuple[fl
     for it in items:
         m = it.node.module
         consumer = tp_compat.is_in_channel_fn(dg, it.handler)
-        if isinstance(m, _LAYERS):
+        if _is_layer(m):
             share = len(it.idxs) / _layer_channels(m, consumer)
             total_flops += flops.get(m, 0) * share
             weight_share = m.weight.numel() * share

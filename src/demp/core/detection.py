@@ -240,6 +240,22 @@ def call_model(model: nn.Module, x: Any) -> Any:
     return model(*x) if isinstance(x, tuple) else model(x)
 
 
+def main_output(out: Any) -> torch.Tensor:
+    """The tensor a loss reads from a model's result: the result itself, the ``logits`` of a
+    dict-like one (transformers' ``ModelOutput``), else its first tensor (a tuple's first item)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        if isinstance(out.get("logits"), torch.Tensor):
+            return out["logits"]
+        out = list(out.values())
+    for item in out if isinstance(out, (tuple, list)) else ():
+        if isinstance(item, torch.Tensor):
+            return item
+    raise DempError(f"the model returned a {type(out).__name__} without a tensor to score; return "
+                    "logits (a tensor, or a dict with 'logits')")
+
+
 
 def _unit_sums(out: torch.Tensor, channel_dim: int) -> torch.Tensor:
     """Activation summed over every dimension except the unit dimension, in float32."""

@@ -21,8 +21,9 @@ from demp.errors import DempError
 FORMAT = "demp.pruned/1"
 SHAPE_ATTRS = ("in_channels", "out_channels", "in_features", "out_features", "num_features",
                "normalized_shape", "num_groups", "num_channels", "groups", "num_parameters",
-               "embed_dim", "kdim", "vdim", "num_heads", "head_dim")
-"""Module attributes that record widths (Conv, Linear, norms, PReLU, ChannelSelect, attention)."""
+               "embed_dim", "kdim", "vdim", "num_heads", "head_dim", "nf", "nx")
+"""Module attributes that record widths (Conv, Linear, norms, PReLU, ChannelSelect, attention,
+transformers' Conv1D)."""
 
 
 def module_shapes(model: nn.Module) -> dict[str, dict[str, int | tuple]]:

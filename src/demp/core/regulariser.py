@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from demp.core.tp_compat import transposed_linear_types
+
 REG_FORMS = ("l1", "l2", "l1_pos", "l2_pos")
 REG_TARGETS = ("gates", "norm_scales", "all_weights")
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -172,16 +174,23 @@ class UnitGroup:
     reference: float = 0.0                 # the site's mean unit norm when first seen (bias push)
 
 
+def unit_rows(m: nn.Module, consumer: bool) -> torch.Tensor:
+    """A layer's weights with one row per unit: its output channels (a producer) or input
+    channels (a consumer).  A transposed-weight linear layer (GPT-2's Conv1D) holds them swapped."""
+    w = m.weight.t() if isinstance(m, transposed_linear_types()) else m.weight
+    return (w.transpose(0, 1) if consumer else w).flatten(1)
+
+
 def unit_norms(group: UnitGroup) -> torch.Tensor:
     """L2 norm of each unit's weights: producer rows and biases, consumer columns."""
     squares = None
     for m in group.producers:
-        sq = m.weight.flatten(1).pow(2).sum(1)
+        sq = unit_rows(m, consumer=False).pow(2).sum(1)
         if m.bias is not None:
             sq = sq + m.bias.pow(2)
         squares = sq if squares is None else squares + sq
     for m in group.consumers:
-        squares = squares + m.weight.transpose(0, 1).flatten(1).pow(2).sum(1)
+        squares = squares + unit_rows(m, consumer=True).pow(2).sum(1)
     return (squares + _GROUP_EPS).sqrt()
 
 

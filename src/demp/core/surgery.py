@@ -114,21 +114,41 @@ def build_graph(model: nn.Module, example_inputs: Any, pruners: Optional[Mapping
 
     def forward(m, x):
         with tracer:
-            return call_model(m, x)
+            return flatten_outputs(call_model(m, x))   # tensors only: no caches or other objects
 
+    pruners = {ChannelSelect: ChannelSelectPruner(), **tp_compat.graph_pruners(pruners)}
     try:
-        dg = tp_compat.build_dependency(model, example_inputs, forward,
-                                        {ChannelSelect: ChannelSelectPruner(), **(pruners or {})})
+        dg = tp_compat.build_dependency(model, example_inputs, forward, pruners)
     except DempError:
         raise
     except Exception as e:
-        raise DempError(f"{type(model).__name__} cannot run on example_inputs ({type(e).__name__}: "
-                        f"{e}); give inputs of the shape it expects: a tensor, a tuple of positional "
-                        "inputs or a dict of keyword inputs") from None
+        raise _graph_error(model, example_inputs, e, pruners) from None
     names = tracer.names()
     by_grad_fn = tp_compat.nodes_by_grad_fn(dg)
     nodes = {n: by_grad_fn[g] for n, g in zip(names, grad_fns) if g is not None and g in by_grad_fn}
     return dg, nodes, dict(zip(names, widths))
+
+
+def _graph_error(model: nn.Module, example_inputs: Any, error: Exception, pruners: Mapping[Any, Any]) -> DempError:
+    """Why tracing failed: the model itself fails on the inputs, or torch-pruning cannot build
+    its dependency graph (then the layer types it has no pruner for are named)."""
+    name = type(model).__name__
+    try:
+        with eval_mode(model), torch.no_grad():
+            call_model(model, example_inputs)
+    except Exception as e:
+        return DempError(f"{name} cannot run on example_inputs ({type(e).__name__}: {e}); give inputs of "
+                         "the shape it expects: a tensor, a tuple of positional inputs or a dict of "
+                         "keyword inputs")
+    unknown = tp_compat.unknown_layer_types(model, pruners)
+    hint = (f"; layer types with weights that torch-pruning has no pruner for: {', '.join(unknown)}; "
+            f"register one with pruners={{{unknown[0]}: MyPruner()}} (a subclass of "
+            "demp.core.tp_compat.BasePruningFunc)" if unknown else
+            "; if a custom layer causes it, register a pruner for its type with pruners={Layer: "
+            "MyPruner()} (a subclass of demp.core.tp_compat.BasePruningFunc)")
+    return DempError(f"the dependency graph of {name} could not be built (the model runs on "
+                     f"example_inputs, but torch-pruning failed tracing it: {type(error).__name__}: "
+                     f"{error}){hint}")
 
 
 def _validate_masks(dead: Mapping[str, Any], widths: dict[str, int]) -> dict[str, torch.Tensor]:

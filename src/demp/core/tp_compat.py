@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning import ops as tp_ops
+from torch_pruning.dependency import index_mapping as tp_index_mapping, shape_infer as tp_shape_infer
 from torch_pruning.pruner import function as tp_fn
 
 from demp.core.utils import kept_modes
@@ -52,6 +54,26 @@ check_version()
 
 # ----------------------------------------------------------------------------- nodes and groups
 
+@contextmanager
+def _concat_sizes_checked() -> Iterator[None]:
+    """Concatenations with an input of unknown width get no index map, as torch-pruning 1.6.1
+    intends; it sums the widths before its own check and fails (a key/value cache growing
+    along the sequence: ``torch.cat([past, new], dim=-2)`` with the empty past untraced)."""
+    original = tp_index_mapping.update_concat_index_mapping
+
+    def update(graph: Any, node: Any) -> None:
+        if node.type == tp_ops.OPTYPE.CONCAT and node.module.concat_sizes is None and any(
+                tp_shape_infer.infer_channels_between(graph, n, node) is None for n in node.inputs):
+            return
+        original(graph, node)
+
+    tp_index_mapping.update_concat_index_mapping = update
+    try:
+        yield
+    finally:
+        tp_index_mapping.update_concat_index_mapping = original
+
+
 @dataclass
 class GroupItem:
     """One member of a pruning group: graph node, its pruning handler, and index maps.
@@ -67,7 +89,8 @@ class GroupItem:
 def pruning_group(dg: tp.DependencyGraph, module: nn.Module, idxs: Sequence[int]) -> list[GroupItem]:
     """The layers (and ops) whose channels are tied to output channels ``idxs`` of ``module``."""
     pruner = dg.get_pruner_of_module(module)
-    group = dg.get_pruning_group(module, pruner.prune_out_channels, list(idxs))
+    with _concat_sizes_checked():
+        group = dg.get_pruning_group(module, pruner.prune_out_channels, list(idxs))
     return [GroupItem(it.dep.target, it.dep.handler, [int(i) for i in it.idxs],
                       [int(i) for i in it.root_idxs]) for it in group]
 
@@ -75,7 +98,9 @@ def pruning_group(dg: tp.DependencyGraph, module: nn.Module, idxs: Sequence[int]
 def prune_out_channels(dg: tp.DependencyGraph, module: nn.Module, idxs: Sequence[int]) -> None:
     """Remove output channels ``idxs`` of ``module`` and every tied channel of the group."""
     pruner = dg.get_pruner_of_module(module)
-    dg.get_pruning_group(module, pruner.prune_out_channels, list(idxs)).prune(record_history=False)
+    with _concat_sizes_checked():
+        group = dg.get_pruning_group(module, pruner.prune_out_channels, list(idxs))
+    group.prune(record_history=False)
 
 
 def nodes_by_grad_fn(dg: tp.DependencyGraph) -> dict[Any, Any]:
@@ -160,6 +185,83 @@ class NormActPruner(BasePruningFunc):
     get_in_channels = get_out_channels
 
 
+class TransposedLinearPruner(BasePruningFunc):
+    """Pruner for a linear layer that stores its weight transposed, as (in, out): GPT-2's
+    ``transformers.pytorch_utils.Conv1D``.  Output channels are weight columns (and bias
+    entries), input channels weight rows; the width attributes (Conv1D: ``nf``, ``nx``) follow.
+    """
+
+    def __init__(self, out_attr: str = "nf", in_attr: str = "nx"):
+        super().__init__()
+        self.out_attr, self.in_attr = out_attr, in_attr
+
+    def _keep(self, width: int, idxs: Sequence[int]) -> list[int]:
+        return sorted(set(range(width)) - set(int(i) for i in idxs))
+
+    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = self._keep(self.get_out_channels(layer), idxs)
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 1)
+        if getattr(layer, "bias", None) is not None:
+            layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
+        if hasattr(layer, self.out_attr):
+            setattr(layer, self.out_attr, len(keep))
+        return layer
+
+    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+        keep = self._keep(self.get_in_channels(layer), idxs)
+        layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+        if hasattr(layer, self.in_attr):
+            setattr(layer, self.in_attr, len(keep))
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.weight.shape[1]
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.weight.shape[0]
+
+
+_TRANSPOSED: set[type] = set()
+"""Layer types some ``pruners=`` mapping gave a TransposedLinearPruner (``graph_pruners``)."""
+
+
+def transposed_linear_types() -> tuple[type, ...]:
+    """Linear layers with a transposed weight: transformers' Conv1D (GPT-2) once transformers is
+    loaded (looked up in ``sys.modules``: a model holding one has imported it; core never does),
+    and the types a caller registered with a ``TransposedLinearPruner``."""
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    return ((conv1d,) if conv1d is not None else ()) + tuple(_TRANSPOSED)
+
+
+def graph_pruners(pruners: Optional[Mapping[Any, BasePruningFunc]]) -> dict[Any, BasePruningFunc]:
+    """The pruners a graph is built with: a ``TransposedLinearPruner`` for Conv1D when transformers
+    is loaded, then the caller's (whose ``TransposedLinearPruner`` types are remembered, so the
+    analysis and the penalty read those layers as linear ones)."""
+    conv1d = getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+    merged = {**({conv1d: TransposedLinearPruner()} if conv1d is not None else {}), **(pruners or {})}
+    _TRANSPOSED.update(k for k, v in merged.items() if isinstance(k, type) and isinstance(v, TransposedLinearPruner)
+                       and k is not conv1d)
+    return merged
+
+
+def is_linear(module: Any) -> bool:
+    """An ``nn.Linear`` or a linear layer with a transposed weight."""
+    return isinstance(module, (nn.Linear, *transposed_linear_types()))
+
+
+def unknown_layer_types(model: nn.Module, customized: Mapping[Any, Any]) -> list[str]:
+    """Names of the model's layer types that hold weights but have no torch-pruning pruner
+    (built in or in ``customized``): the likely cause when the dependency graph fails."""
+    names: list[str] = []
+    for m in model.modules():
+        own = any(p is not None for p in m._parameters.values())
+        known = (tp_ops.module2type(m) != tp_ops.OPTYPE.ELEMENTWISE or m in customized
+                 or any(isinstance(m, k) for k in customized if isinstance(k, type)))
+        if own and not known and type(m).__name__ not in names:
+            names.append(type(m).__name__)
+    return names
+
+
 # ----------------------------------------------------------------------------- graph
 
 def build_dependency(model: nn.Module, example_inputs: Any, forward_fn: Callable[[nn.Module, Any], Any],
@@ -171,7 +273,7 @@ def build_dependency(model: nn.Module, example_inputs: Any, forward_fn: Callable
     """
     frozen = [p for p in model.parameters() if not p.requires_grad]
     try:
-        with kept_modes(model), torch.enable_grad():
+        with kept_modes(model), torch.enable_grad(), _concat_sizes_checked():
             model.eval()
             for p in frozen:
                 p.requires_grad_(True)
