@@ -101,10 +101,11 @@ def delegate(module: str, command: Callable[[argparse.Namespace], int]) -> Calla
 def add_report_args(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``demp report``."""
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                        help="run folders, sweep folders holding run folders, or study folders")
+                        help="run folders, sweep folders holding run folders, or study folders; or one "
+                             "summary.csv of an earlier report, to regenerate the report from it alone")
     parser.add_argument("--out", default=None,
                         help="output folder (default: results/NAME with --benchmark, else the "
-                             "single folder given, else results/report)")
+                             "single folder given (a summary.csv's folder), else results/report)")
     parser.add_argument("--benchmark", default=None, metavar="NAME",
                         help="benchmark name: title of the report, output in results/NAME")
     parser.add_argument("--plot-runs", default="*", metavar="GLOB",
@@ -113,12 +114,15 @@ def add_report_args(parser: argparse.ArgumentParser) -> None:
 
 
 def report_out_dir(runs: Sequence[str], out: Optional[str], benchmark: Optional[str]) -> Path:
-    """Where ``demp report`` writes: --out, else results/NAME, else the single folder given."""
+    """Where ``demp report`` writes: --out, else results/NAME, else the single folder given (the
+    folder of a single summary.csv)."""
     if out:
         return Path(out)
     if benchmark:
         return Path("results") / benchmark
-    return Path(runs[0]) if len(runs) == 1 else Path("results") / "report"
+    if len(runs) != 1:
+        return Path("results") / "report"
+    return Path(runs[0]).parent if Path(runs[0]).is_file() else Path(runs[0])
 
 
 def cmd_report(args: argparse.Namespace) -> int:
