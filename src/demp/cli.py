@@ -108,6 +108,9 @@ def add_report_args(parser: argparse.ArgumentParser) -> None:
                              "single folder given (a summary.csv's folder), else results/report)")
     parser.add_argument("--benchmark", default=None, metavar="NAME",
                         help="benchmark name: title of the report, output in results/NAME")
+    parser.add_argument("--flops-points", type=float, nargs="+", default=None, metavar="FRACTION",
+                        help="fractions of inference FLOPs removed for the matched-FLOPs comparison "
+                             "(default: 0.5 0.75)")
     parser.add_argument("--plot-runs", default="*", metavar="GLOB",
                         help="per-run plots for run folders whose name matches GLOB "
                              "(default: every run; '' for none)")
@@ -128,7 +131,7 @@ def report_out_dir(runs: Sequence[str], out: Optional[str], benchmark: Optional[
 def cmd_report(args: argparse.Namespace) -> int:
     """``demp report``: aggregate runs (or redraw death studies) and print where the files went."""
     from demp.experiments.render import report, study_report
-    from demp.experiments.results import is_study, read_csv
+    from demp.experiments.results import FLOPS_POINTS, is_study, read_csv
     studies = [Path(p) for p in args.run_dirs if is_study(Path(p))]
     if studies:  # death studies have their own report, one per study folder
         if len(studies) != len(args.run_dirs):
@@ -139,7 +142,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"study {folder} -> {files['report.md']}, {len(files) - 2} plots")
         return 0
     out = report_out_dir(args.run_dirs, args.out, args.benchmark)
-    files = report(args.run_dirs, out, title=args.benchmark or "DemP report", plot_runs=args.plot_runs)
+    files = report(args.run_dirs, out, title=args.benchmark or "DemP report", plot_runs=args.plot_runs,
+                   flops_points=args.flops_points or FLOPS_POINTS)
     rows = len(read_csv(files["summary.csv"]))
     print(f"{rows} runs -> {files['summary.csv']}, {files['report.md']}, "
           f"{len(files) - 2} plots in {out}")

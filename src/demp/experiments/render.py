@@ -40,7 +40,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from demp.core.atomic import atomic_write_text
 from demp.errors import DempError
-from demp.experiments.results import (DENSE, Group, Row, Run, StudyResult, Variant, curve, find_failed, group_of,
+from demp.experiments.results import (DENSE, FLOPS_POINTS, Group, Row, Run, StudyResult, Variant, curve, find_failed, group_of,
                                       load_runs, load_study_results, method_keys, method_rank, row_key,
                                       rows_from_csv, split_groups, variant, write_csv)
 from demp.experiments.text import markdown_report, pct, si_scale, study_markdown
@@ -276,11 +276,14 @@ def group_plots(group: Group, rows: Sequence[Row], runs: Sequence[Run], out: Pat
 
 
 def report(paths: Sequence[str | Path], out: str | Path, title: str = "DemP report",
-           plot_runs: str = "*") -> dict[str, Path]:
+           plot_runs: str = "*", flops_points: Sequence[float] = FLOPS_POINTS) -> dict[str, Path]:
     """Write summary.csv, per dataset/model group the trade-off plots and per-run plots (run
-    names matching the glob ``plot_runs``; "" for none), and report.md to ``out``; return the
-    files by name.  ``paths``: run folders and folders holding them, or one summary.csv of an
-    earlier report (the report regenerated from it alone)."""
+    names matching the glob ``plot_runs``; "" for none), and report.md (matched inference FLOPs
+    at the fractions removed ``flops_points``) to ``out``; return the files by name.  ``paths``:
+    run folders and folders holding them, or one summary.csv of an earlier report (the report
+    regenerated from it alone)."""
+    if not all(0 < x < 1 for x in flops_points):
+        raise DempError(f"FLOPs points are fractions removed, between 0 and 1 (exclusive); got {list(flops_points)}")
     files_given = [Path(p) for p in paths if Path(p).is_file()]
     if files_given:
         if len(files_given) != len(paths) or len(files_given) > 1 or files_given[0].suffix != ".csv":
@@ -301,7 +304,8 @@ def report(paths: Sequence[str | Path], out: str | Path, title: str = "DemP repo
               for g, mine in groups.items()}
     files.update({p.relative_to(out).as_posix(): p for group in images.values() for p in group})
     files["report.md"] = out / "report.md"
-    atomic_write_text(files["report.md"], markdown_report(rows, title, images, out, failed))
+    atomic_write_text(files["report.md"], markdown_report(rows, title, images, out, failed,
+                                                                flops_points=flops_points))
     return files
 
 

@@ -120,7 +120,8 @@ def _removed(s: Optional[Stat]) -> str:
     if s is None:
         return "n/a"
     removed = Stat(1 - s.mean, 1 - s.hi, 1 - s.lo, s.sd, s.n)
-    return pct(removed.mean) + ("" if removed.spread is None else f" ({spread(removed, 1)})")
+    same = pct(removed.lo) == pct(removed.hi)     # every seed removed the same (a budget met)
+    return pct(removed.mean) + ("" if removed.spread is None or same else f" ({spread(removed, 1)})")
 
 
 def _speed_cell(v: Optional[float], note: Optional[str]) -> str:
@@ -146,7 +147,7 @@ def _points_section(rows: Sequence[Row]) -> list[str]:
     points = per_point(rows)
     lines = ["### Per point (mean over seeds)", "",
              f"One line per method, optimizer and knob ({SPREAD_NOTE}).  Units and inference FLOPs removed "
-             "carry their spread in brackets.", ""]
+             "carry their spread in brackets where the seeds differ.", ""]
     lines += md_table(
         ["method", "optimizer", "knob", "n", "test acc", "spread", "units removed", "inference FLOPs removed",
          "params remaining", "train FLOPs", "FLOPs ratio", "speed-up"],
@@ -168,7 +169,7 @@ def _matched_sections(table: Sequence[dict], flops_table: Sequence[dict]) -> lis
         if not entries:
             continue
         lines += [f"### At matched {'units removed' if spans else 'inference FLOPs'}", "",
-                  f"{intro} {SPREAD_NOTE[0].upper()}{SPREAD_NOTE[1:]}.", ""]
+                  f"{intro} Test accuracy's spread and n as in the per-point table.", ""]
         lines += md_table(
             [what, "method", "optimizer", "test acc", "spread", "n", "params remaining", "train FLOPs",
              "FLOPs ratio", "speed-up", *(["curve spans (removed)"] if spans else [])],
@@ -257,10 +258,10 @@ def _plots(images: Sequence[Path], out: Path) -> list[str]:
 
 
 def group_markdown(group: Group, rows: Sequence[Row], images: Sequence[Path], out: Path,
-                   points: Sequence[float] = (0.5, 0.8)) -> list[str]:
+                   points: Sequence[float] = (0.5, 0.8), flops_points: Sequence[float] = FLOPS_POINTS) -> list[str]:
     """The report.md part of one dataset/model group (rows from ``add_speedups``)."""
     table = matched_table(rows, points)
-    flops_table = [e for e in matched_table(rows, FLOPS_POINTS, "fwd_flops_remaining") if e["test_acc"] is not None]
+    flops_table = [e for e in matched_table(rows, flops_points, "fwd_flops_remaining") if e["test_acc"] is not None]
     lines = [f"## {group.name}", "", f"{len(rows)} runs.", ""]
     lines += (_dense_section(rows) + _points_section(rows) + _matched_sections(table, flops_table)
               + _headline_section(table, flops_table) + _own_points_section(rows) + _flagged_section(rows)
@@ -269,7 +270,8 @@ def group_markdown(group: Group, rows: Sequence[Row], images: Sequence[Path], ou
 
 
 def markdown_report(rows: Sequence[Row], title: str, images: Mapping[Group, Sequence[Path]], out: Path,
-                    failed: Optional[dict[str, str]] = None, points: Sequence[float] = (0.5, 0.8)) -> str:
+                    failed: Optional[dict[str, str]] = None, points: Sequence[float] = (0.5, 0.8),
+                    flops_points: Sequence[float] = FLOPS_POINTS) -> str:
     """report.md: per dataset/model group, the dense reference, the points with their spreads,
     the matched comparisons, every run and the group's plots; then failed runs."""
     groups = split_groups(add_speedups(rows))
@@ -282,7 +284,7 @@ def markdown_report(rows: Sequence[Row], title: str, images: Mapping[Group, Sequ
              "benchmarks/bench_speedup.py makes them) and never above what the FLOPs ratio allows; elsewhere the "
              "column says why there is none.", ""]
     for group, mine in groups.items():
-        lines += group_markdown(group, mine, images.get(group, ()), out, points)
+        lines += group_markdown(group, mine, images.get(group, ()), out, points, flops_points)
     if failed:
         lines += ["## Failed runs (see error.txt in each folder)", ""]
         lines += md_table(["run", "error"], [[name, message.replace("|", "/")]
