@@ -195,7 +195,7 @@ def find_runs(paths: Iterable[str | Path]) -> list[Path]:
     found: set[Path] = set()
     for p in map(Path, paths):
         if not p.is_dir():
-            raise DempError(f"{p} is not a folder: give run folders or a sweep folder holding them")
+            raise DempError(f"{p} is not a folder: give run folders, a sweep folder holding them, or a summary.csv")
         found.update(s.parent.resolve() for s in p.rglob(SUMMARY_NAME))
     return sorted(found)
 
