@@ -532,6 +532,8 @@ class StudyResult(StudyRun):
     total_steps: int
     test_acc: float
     checks: list[dict] = field(default_factory=list)   # the count method's records, by step
+    dataset: Optional[str] = None
+    model: Optional[str] = None
 
     @property
     def final(self) -> dict:
@@ -546,7 +548,8 @@ class StudyResult(StudyRun):
         """The numbers of this run for study.csv and report.md."""
         last = self.final
         overlaps = [c["overlap"] for c in self.checks if c["overlap"] is not None]
-        return {"run": self.name, "panel": self.panel, "series": self.series, "value": self.value,
+        return {"run": self.name, "dataset": self.dataset, "model": self.model, "panel": self.panel,
+                "series": self.series, "value": self.value,
                 "seed": self.seed, "units": last["units"], "dead": last["dead"],
                 "dead_frac": self.dead_fraction(last), "ever_dead_frac": last["ever_dead"] / last["units"],
                 **{f"quasi_{eps}_frac": n / last["units"] for eps, n in last["quasi"].items()},
@@ -583,8 +586,8 @@ def load_study_results(folder: Path) -> tuple[dict, list[StudyResult]]:
         if not checks:
             raise DempError(f"{run_dir} has no dead-unit counts in metrics.jsonl: was it trained with "
                             "method count (demp study)?")
-        results.append(StudyResult(**run, total_steps=int(summary["steps"]),
-                                   test_acc=float(summary["test_acc"]), checks=checks))
+        results.append(StudyResult(**run, total_steps=int(summary["steps"]), test_acc=float(summary["test_acc"]),
+                                   checks=checks, dataset=summary.get("dataset"), model=summary.get("model")))
     if not results:
         raise DempError(f"no finished run in study folder {folder}")
     return plan, results

@@ -307,7 +307,7 @@ def study_markdown(plan: dict, rows: Sequence[dict], images: Sequence[Path], out
                    failed: dict[str, str]) -> str:
     """report.md of a death study: the study's numbers, one line per run, then the plots."""
     quasi = [k for k in rows[0] if k.startswith("quasi_")]
-    header = ["panel", "series", plan["vary"], "seed", "dead %", "ever dead %",
+    header = ["dataset", "model", "panel", "series", plan["vary"], "seed", "dead %", "ever dead %",
               *[f"quasi-dead <= {k.split('_')[1]} %" for k in quasi], "min overlap %", "revived",
               "dead by site", "test acc %"]
     lines = [f"# Death study: {plan['name']}", "",
@@ -316,7 +316,7 @@ def study_markdown(plan: dict, rows: Sequence[dict], images: Sequence[Path], out
              "some check; *min overlap*: the lowest fraction, over checks, of the units dead at the "
              "previous check that are still dead; *revived*: units that came back to life, summed over "
              "checks.", ""]
-    lines += md_table(header, [[r["panel"], r["series"], r["value"], str(r["seed"]), _fraction(r["dead_frac"]),
+    lines += md_table(header, [[r["dataset"] or "-", r["model"] or "-", r["panel"], r["series"], r["value"], str(r["seed"]), _fraction(r["dead_frac"]),
                                 _fraction(r["ever_dead_frac"]), *[_fraction(r[k]) for k in quasi],
                                 _fraction(r["min_overlap"]), str(r["revived"]), r["dead_by_site"],
                                 _fraction(r["test_acc"])] for r in rows])
