@@ -37,6 +37,7 @@ def test_report_writes_csv_plots_and_markdown(sweep: Path, tmp_path: Path):
     assert not (out / "run_plots" / "snap-adamw-0.3-s0_curves.png").exists()
     text = files["report.md"].read_text()
     assert "## At matched units removed" in text and "n/a" in text
+    assert not (out / "acc_vs_wall.png").exists()                 # wall times of unpaired runs: no plot
     assert "| demp-adamw-0.004-s1 |" in text and "](acc_vs_units.png)" in text
     assert "| demp-sgd-0.1-s0 | Traceback: boom |" in text
 
@@ -127,6 +128,7 @@ def test_speedups_only_for_paired_runs_and_flagged_above_the_flops_ratio(sweep: 
     flagged = _line(text, "| demp-adamw-0.004-s1 |")[-1]
     assert flagged.startswith("flagged: 1.50x exceeds the training-FLOPs ratio 1.33x")
     assert "### Flagged timings" in text and _line(text, "| demp-adamw-0.004-s1 | B |")[2] == "1.50x"
+    assert (tmp_path / "out" / "acc_vs_wall.png").is_file()                 # from the paired runs
     assert not re.search(r"\b1\.50x\b", text.split("### Flagged timings")[0].split("### Runs")[0])
 
 

@@ -7,8 +7,9 @@ there are several):
 
 - ``summary.csv``: one row per run, columns ``results.COLUMNS``, sorted by method, optimizer, knob, seed;
 - ``acc_vs_units.png``, ``acc_vs_params.png``, ``acc_vs_train_flops.png`` (and ``TRADEOFFS``'
-  others): one panel per optimizer, one curve per method (mean over seeds per knob, sorted by
-  x), each run as a faint dot, dense as a dashed horizontal reference;
+  others; ``acc_vs_wall.png`` from paired runs only, none without them): one panel per
+  optimizer, one curve per method (mean over seeds per knob, sorted by x), each run as a faint
+  dot, dense as a dashed horizontal reference;
 - ``widths_at_0.8.png``: final width per site of dense, DemP and the best baseline at 80%;
 - ``run_plots/<run>_curves.png`` (loss, accuracy, size over training) and
   ``run_plots/<run>_live_units.png`` (live units per site per epoch) for the runs chosen;
@@ -47,14 +48,16 @@ from demp.experiments.text import markdown_report, pct, si_scale, study_markdown
 
 _MARKERS = "osD^v<>pPX*h"
 
-TRADEOFFS = {  # file stem: (row key, x label, x as percent)
+TRADEOFFS = {  # file stem: (row key, x label, x as percent); acc_vs_wall: paired runs only (see PAIRED_ONLY)
     "acc_vs_units": ("units_remaining", "units remaining (% of dense)", True),
     "acc_vs_params": ("params_remaining", "parameters remaining (% of dense)", True),
     "acc_vs_fwd_flops": ("fwd_flops_remaining", "inference FLOPs remaining (% of dense)", True),
     "acc_vs_train_flops": ("train_flops", "training compute ({}FLOPs, forward+backward, total)", False),
-    "acc_vs_wall": ("wall_s", "training time (s, wall-clock; compare runs made on the same quiet machine)", False),
+    "acc_vs_wall": ("wall_s", "training time (s, wall-clock; paired runs only, timed back to back)", False),
     "acc_vs_nonzero_params": ("nonzero_params_remaining", "non-zero parameters remaining (% of dense)", True),
 }
+PAIRED_ONLY = {"wall_s"}
+"""Values that compare only between runs timed as a pair (``results.PAIRED_KEY``): plotted from those alone."""
 
 
 def _pyplot():
@@ -253,9 +256,10 @@ def group_plots(group: Group, rows: Sequence[Row], runs: Sequence[Run], out: Pat
     and per-run plots an earlier report drew in ``out`` are kept."""
     images = []
     for stem, (key, label, percent) in TRADEOFFS.items():
-        if not any(r.get(key) is not None for r in rows):   # e.g. runs older than the sparse counts
+        mine = [r for r in rows if r.get("timing_group")] if key in PAIRED_ONLY else rows
+        if not any(r.get(key) is not None for r in mine):   # e.g. runs older than the sparse counts
             continue
-        images.append(plot_tradeoff(rows, key, label, percent, out / f"{stem}{suffix}.png",
+        images.append(plot_tradeoff(mine, key, label, percent, out / f"{stem}{suffix}.png",
                                     f"{title}, {group.name}: test accuracy vs {label.split(' (')[0]}"))
     names = [r["run"] for r in rows if plot_runs and fnmatch.fnmatch(r["run"], plot_runs)]
     widths = out / f"widths_at_0.8{suffix}.png"
