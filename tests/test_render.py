@@ -15,6 +15,7 @@ import pytest
 from demp.errors import DempError
 from demp.experiments.render import log_axis, report
 from demp.experiments.results import COLUMNS, UNPAIRED, mark_paired, read_csv, row_key
+from demp.experiments.text import markdown_report
 from demp.experiments.text import format_summary
 from test_results import make_budget_runs, make_run, sweep  # noqa: F401 - sweep is a fixture
 
@@ -166,3 +167,17 @@ def test_report_regenerated_from_its_summary_csv(sweep: Path, tmp_path: Path):
     assert "run_plots/demp-adamw-0.001-s0_curves.png" in again and "1.25x" in failed
     with pytest.raises(DempError, match="not a mix"):
         report([out / "summary.csv", sweep], tmp_path / "x")
+
+
+def test_no_table_shows_a_speedup_above_its_flops_ratio(tmp_path: Path):
+    """A paired 2x (half the FLOPs of its paired dense) shown next to a FLOPs ratio of 1.2x (the
+    group's dense runs include a short one) is flagged in every table, never printed as 2.00x."""
+    def row(run, method, knob, flops, wall, group):
+        return {**dict.fromkeys(COLUMNS), "run": run, "method": method, "optimizer": "adamw", "knob": knob, "seed": 0, "test_acc": 0.7,
+                "units_remaining": 1.0 if knob is None else 0.5, "train_flops": flops, "wall_s": wall,
+                "timing_group": group}
+    rows = [row("dense", "dense", None, 100.0, 100.0, "A"), row("dense-short", "dense", None, 20.0, 20.0, None),
+            row("demp", "demp", 0.5, 50.0, 50.0, "A")]
+    text = markdown_report(rows, "t", {}, tmp_path)
+    flagged = "flagged: 2.00x exceeds the training-FLOPs ratio 1.20x"
+    assert text.count(flagged) == 3 and "2.00x" not in text.replace(flagged, "")   # points, matched, runs

@@ -124,8 +124,11 @@ def _removed(s: Optional[Stat]) -> str:
     return pct(removed.mean) + ("" if removed.spread is None or same else f" ({spread(removed, 1)})")
 
 
-def _speed_cell(v: Optional[float], note: Optional[str]) -> str:
-    """A speed-up cell: the paired speed-up (1.25x), else why there is none, else n/a."""
+def _speed_cell(v: Optional[float], note: Optional[str], flops_ratio: Optional[float]) -> str:
+    """A speed-up cell: the paired speed-up (1.25x), else why there is none, else n/a.  A
+    speed-up above what the training-FLOPs ratio allows is never shown as one, whatever the table."""
+    if v is not None and flops_ratio is not None and v > SPEEDUP_SLACK * flops_ratio:
+        return f"flagged: {v:.2f}x exceeds the training-FLOPs ratio {flops_ratio:.2f}x"
     return _speed(v) if v is not None else note or "n/a"
 
 
@@ -154,7 +157,7 @@ def _points_section(rows: Sequence[Row]) -> list[str]:
         [[variant(p).name, p["optimizer"] or "", _knob(p["knob"]), _n(p["stats"]["test_acc"]),
           pct(p["test_acc"], 2), spread(p["stats"]["test_acc"]), _removed(p["stats"]["units_remaining"]),
           _removed(p["stats"]["fwd_flops_remaining"]), pct(p["params_remaining"]), si(p["train_flops"]),
-          _speed(p["flops_ratio"]), _speed_cell(p["speedup"], p["speedup_note"])] for p in points])
+          _speed(p["flops_ratio"]), _speed_cell(p["speedup"], p["speedup_note"], p["flops_ratio"])] for p in points])
     return lines + [""]
 
 
@@ -175,7 +178,7 @@ def _matched_sections(table: Sequence[dict], flops_table: Sequence[dict]) -> lis
              "FLOPs ratio", "speed-up", *(["curve spans (removed)"] if spans else [])],
             [[f"{100 * e['units_removed']:.0f}%", variant(e).name, e["optimizer"], pct(e["test_acc"], 2),
               spread(e["stat"]), _n(e["stat"]), pct(e["params_remaining"]), si(e["train_flops"]),
-              _speed(e["flops_ratio"]), _speed_cell(e["speedup"], e["speedup_note"]),
+              _speed(e["flops_ratio"]), _speed_cell(e["speedup"], e["speedup_note"], e["flops_ratio"]),
               *([f"{pct(e['removed_min'], 0)}-{pct(e['removed_max'], 0)}%"] if spans else [])] for e in entries])
         lines.append("")
     return lines
@@ -243,7 +246,8 @@ def _runs_section(rows: Sequence[Row]) -> list[str]:
         [[r["run"], variant(r).name, r["optimizer"] or "", _knob(r["knob"]), _knob(r["seed"]),
           pct(r["test_acc"], 2), pct(r["best_acc"], 2), pct(r["units_remaining"]),
           pct(r["params_remaining"]), si(r["fwd_flops_final"]), si(r["train_flops"]), _speed(r["flops_ratio"]),
-          "n/a" if r["wall_s"] is None else f"{r['wall_s']:.0f}", _speed_cell(r["speedup"], r["speedup_note"])]
+          "n/a" if r["wall_s"] is None else f"{r['wall_s']:.0f}",
+          _speed_cell(r["speedup"], r["speedup_note"], r["flops_ratio"])]
          for r in rows])
     return lines + [""]
 
