@@ -7,6 +7,9 @@ removals included, evaluation excluded), test accuracy, forward FLOPs kept, and 
 SNAP: speedup = their wall / this wall, flops_ratio = their training FLOPs / this run's, and
 efficiency = speedup / flops_ratio (1.0: every FLOP saved is time saved).
 Wall-clock figures need a quiet machine; run nothing else meanwhile.
+Each run's summary.json is marked as paired (``"timing": {"paired": true, "group": ..., "cpu": ...}``,
+one group per invocation), so ``demp report OUT`` of the run folders (``--out``) shows these
+speed-ups; reports show none for runs timed separately.
 Runs (``--runs``): dense; snap-0.8 (SNAP at 80% of units); demp-flops-0.75 (DemP, FLOPs-weighted
 penalty with cost_power 0.5, 75% of forward FLOPs removed, checks within 3% of the time);
 demp-flops-0.75-r8 (the same with widths kept at multiples of 8); demp-0.5, demp-0.8 (units budgets).
@@ -19,12 +22,15 @@ import argparse
 import json
 import os
 import tempfile
+import time
+import uuid
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from demp.app.config import load_config  # noqa: E402
 from demp.app.training import train  # noqa: E402
+from demp.experiments.results import mark_paired  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "cpu" / "vgg16_cifar10_adamw.yaml"
 FLOPS = ["method.target_units=null", "method.target_flops=0.75", "method.penalty_weights=flops",
@@ -40,9 +46,11 @@ RUNS = {
 """Named runs: overrides of the benchmark config."""
 
 
-def run(overrides: list[str], out: Path) -> dict:
-    """One training run of the benchmark config with ``overrides``; its summary."""
-    return train(load_config(str(CONFIG), overrides), str(out), progress=False)
+def run(overrides: list[str], out: Path, group: str, threads: int) -> dict:
+    """One training run of the benchmark config with ``overrides``, marked as timed in the paired
+    ``group``; its summary."""
+    train(load_config(str(CONFIG), overrides), str(out), progress=False)
+    return mark_paired(out, group, threads=threads, script="benchmarks/bench_speedup.py")
 
 
 def ratios(run_: dict, ref: dict) -> dict:
@@ -64,14 +72,16 @@ def main() -> None:
     if args.subset:
         common.append(f"data.subset={args.subset}")
     out = Path(args.out or tempfile.mkdtemp(prefix="demp-speedup-"))
+    group = f"bench_speedup-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     summaries: dict[str, dict] = {}
     for name in args.runs:
-        summaries[name] = run(common + RUNS[name], out / name)
+        summaries[name] = run(common + RUNS[name], out / name, group, args.threads)
         if len(summaries) == 1:    # every later run in the format the first one measured
             speed = summaries[name]["speed"]
             common += [f"train.channels_last={'on' if speed['channels_last'] else 'off'}",
                        f"train.autocast={speed['autocast']}"]
-    result: dict = {"config": CONFIG.name, "epochs": args.epochs, "subset": args.subset,
+    result: dict = {"config": CONFIG.name, "epochs": args.epochs, "subset": args.subset, "runs": str(out),
+                    "timing": summaries[args.runs[0]]["timing"],
                     "format": summaries[args.runs[0]]["speed"]}
     for name, s in summaries.items():
         entry = {"test_acc": s["test_acc"], "wall_s": round(s["wall_s"], 1), "units_removed": round(1 - s["units_remaining"], 4),

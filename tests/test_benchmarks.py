@@ -38,3 +38,20 @@ def test_bench_sparse_steps_keep_the_masks():
     bench = _load("bench_sparse")
     step = bench.setup(True, every=1)
     step(), step()                       # two steps with a RigL update in each: runs without error
+
+
+def test_bench_speedup_marks_its_runs_as_paired(tmp_path, monkeypatch):
+    """Every run of one bench_speedup invocation is marked paired in one timing group, so that
+    `demp report` of its run folders shows these speed-ups (and only these)."""
+    import json
+    from demp.experiments.results import load_runs
+    bench = _load("bench_speedup")
+
+    def fake_train(cfg, run_dir, progress):      # the timing itself is not tested
+        Path(run_dir).mkdir(parents=True)
+        (Path(run_dir) / "summary.json").write_text(json.dumps({"method": cfg.method.name, "wall_s": 1.0}))
+    monkeypatch.setattr(bench, "train", fake_train)
+    for name in ("dense", "snap-0.8"):
+        summary = bench.run(bench.RUNS[name], tmp_path / name, "g1", threads=2)
+        assert summary["timing"]["paired"] is True and summary["timing"]["threads"] == 2
+    assert {r.row()["timing_group"] for r in load_runs([tmp_path])} == {"g1"}

@@ -118,6 +118,19 @@ def test_report_benchmark_dir_and_errors(sweep: Path, tmp_path: Path, monkeypatc
         cmd_report(parser.parse_args(["report", str(tmp_path / "missing")]))
 
 
+def test_report_from_a_summary_csv_writes_next_to_it(sweep: Path, tmp_path: Path, monkeypatch, capsys):
+    """`demp report results/x/summary.csv` regenerates results/x (the run folders not needed);
+    FLOPs points outside (0, 1) are refused."""
+    monkeypatch.chdir(tmp_path)
+    parser = build_parser()
+    cmd_report(parser.parse_args(["report", str(sweep), "--out", "x", "--plot-runs", ""]))
+    (tmp_path / "x" / "report.md").unlink()
+    assert cmd_report(parser.parse_args(["report", "x/summary.csv", "--flops-points", "0.5", "0.9"])) == 0
+    assert "| 90% |" in (tmp_path / "x" / "report.md").read_text() and "18 runs" in capsys.readouterr().out
+    with pytest.raises(DempError, match="between 0 and 1"):
+        cmd_report(parser.parse_args(["report", "x/summary.csv", "--flops-points", "75"]))
+
+
 def test_importing_demp_has_no_side_effects():
     """`import demp` neither loads torch nor changes the process environment; the CLI sets
     OMP_WAIT_POLICY for itself."""

@@ -1,7 +1,9 @@
 """Results on fabricated run folders: loading, the legacy form of a variant's method, CSV
 rows and order, interpolation at matched units removed (including n/a outside a curve's
-span), speed-ups, DemP against the best other method; the death-study records (the count
-method's counts, as the analyses read them)."""
+span), seed spreads (min-max at 2 seeds, sd at 3), speed-ups only between paired runs (and
+flagged above the FLOPs ratio), groups by dataset and model, DemP against the best other
+method with both spreads; the death-study records (the count method's counts, as the
+analyses read them)."""
 from __future__ import annotations
 
 import json
@@ -9,15 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from demp.experiments.results import (Variant, death_checks, interpolate, legacy_summary, load_runs, matched_table,
-                                      row_key, variant, versus_best, versus_each_demp_run)
+from demp.errors import DempError
+from demp.experiments.results import (UNPAIRED, Group, Stat, Variant, add_speedups, death_checks, interpolate,
+                                      interpolate_stat, legacy_summary, load_runs, mark_paired, matched_table,
+                                      per_point, row_key, split_groups, stat, variant, versus_best,
+                                      versus_each_demp_run)
 
 SITES = ("features.0", "features.3", "features.7", "classifier.1")
 
 
 def make_run(root: Path, name: str, *, method: str, optimizer: str = "adamw", knob=None, seed=0,
              units: float = 1.0, acc: float = 0.8, wall: float = 100.0, epochs: int = 3,
-             target=None, label=None) -> Path:
+             target=None, label=None, dataset: str = "cifar10") -> Path:
     """A run folder as ``demp train`` writes it, with made-up numbers (a ``label`` as its own field)."""
     run = root / name
     run.mkdir(parents=True)
@@ -45,7 +50,7 @@ def make_run(root: Path, name: str, *, method: str, optimizer: str = "adamw", kn
                "train_flops": 3e9 * (1 + units) / 2, "wall_s": wall, "eval_s": 2.0,
                "prune_events": 0 if method == "dense" else 3, "method": method,
                "optimizer": optimizer, "knob": knob, "seed": seed, "model": "vgg16_bn",
-               "dataset": "cifar10", "target": target, "fwd_flops_remaining": units ** 2,
+               "dataset": dataset, "width": 0.25, "target": target, "fwd_flops_remaining": units ** 2,
                "widths_final": {s: max(1, round(16 * units)) for s in SITES},
                **({"label": label} if label else {})}
     (run / "summary.json").write_text(json.dumps(summary))
@@ -108,8 +113,10 @@ def test_interpolate_inside_outside_and_at_ends():
     assert interpolate([], [], 0.5) is None
 
 
-def test_matched_table_hand_made_curves():
-    rows = [
+def hand_made_rows(timing_group=None) -> list[dict]:
+    """Dense, DemP (two seeds at knob 2) and a baseline spanning 30-60% removed, all timed in
+    ``timing_group`` (None: each timed on its own)."""
+    return [
         {"method": "dense", "optimizer": "adamw", "knob": None, "seed": 0, "test_acc": 0.9,
          "units_remaining": 1.0, "params_remaining": 1.0, "train_flops": 100.0, "wall_s": 100.0},
         # DemP, two seeds at knob 2 (mean units 0.4): curve (0.8, 0.85) (0.4, 0.75) (0.1, 0.6)
@@ -122,31 +129,142 @@ def test_matched_table_hand_made_curves():
            "units_remaining": 1 - t, "params_remaining": 1 - t, "train_flops": 90.0, "wall_s": 90.0}
           for t in (0.3, 0.6)],
     ]
+
+
+def test_matched_table_hand_made_curves():
+    rows = [{**r, "timing_group": "bench-1"} for r in hand_made_rows()]     # timed as a pair: speed-ups
     table = {(e["units_removed"], e["method"]): e for e in matched_table(rows)}
     assert set(table) == {(0.5, "demp"), (0.5, "snap"), (0.8, "demp"), (0.8, "snap")}
     d50, d80 = table[0.5, "demp"], table[0.8, "demp"]
     assert d50["test_acc"] == pytest.approx(0.75 + (0.85 - 0.75) * 0.1 / 0.4)   # between 0.4 and 0.8
     assert d50["train_flops"] == pytest.approx(40 + 40 * 0.1 / 0.4)
     assert d50["speedup"] == pytest.approx(2.0 + (1.25 - 2.0) * 0.1 / 0.4)     # 100/50, 100/80
+    knob2 = (100 / 35 + 100 / 45) / 2                                          # the mean of the seeds' ratios
+    assert d50["flops_ratio"] == pytest.approx(knob2 + (1.25 - knob2) * 0.1 / 0.4)
     assert d80["test_acc"] == pytest.approx(0.6 + 0.15 * 0.1 / 0.3)           # between 0.1 and 0.4
     assert d80["params_remaining"] == pytest.approx(0.01 + (0.1625 - 0.01) * 0.1 / 0.3)
     assert (d50["removed_min"], d50["removed_max"]) == pytest.approx((0.2, 0.9))
     s50, s80 = table[0.5, "snap"], table[0.8, "snap"]
     assert s50["test_acc"] == pytest.approx(0.65) and s50["speedup"] == pytest.approx(100 / 90)
     assert all(s80[k] is None for k in ("test_acc", "params_remaining", "train_flops", "speedup"))
+    assert s80["speedup_note"] is None                                         # paired, only out of span
     head = versus_best(matched_table(rows))
     assert [(h["point"], h["method"], h["best"]) for h in head] == [(0.5, "demp", "snap"), (0.8, "demp", None)]
     assert head[0]["diff"] == pytest.approx(100 * (d50["test_acc"] - 0.65)) and head[1]["diff"] is None
 
 
-def test_speedup_uses_dense_of_same_seed_else_mean(sweep: Path):
-    rows = [r.row() for r in load_runs([sweep])]
-    table = {(e["units_removed"], e["method"], e["optimizer"]): e for e in matched_table(rows)}
-    # adamw DemP at 50% removed: seed-0 (units 0.6, wall 80, dense 100) and the knob-4e-3 mean with
-    # seed 1 (units 0.5, wall 80, its own dense 120): mean units 0.55, speed-up (1.25 + 1.5) / 2
-    between = table[0.5, "demp", "adamw"]["speedup"]
-    assert between == pytest.approx(1.375 + (100 / 65 - 1.375) * 0.05 / 0.25)
-    assert table[0.8, "snap", "sgd"]["test_acc"] is None
+def test_unpaired_runs_get_no_speedup_but_a_reason():
+    """Wall times of runs timed separately (the same figures as above) give no speed-up; the
+    training-FLOPs ratio stays."""
+    rows = add_speedups(hand_made_rows())
+    assert all(r["speedup"] is None and r["speedup_note"] == UNPAIRED for r in rows)
+    assert [r["flops_ratio"] for r in rows[:2]] == pytest.approx([1.0, 1.25])
+    table = {(e["units_removed"], e["method"]): e for e in matched_table(rows)}
+    assert table[0.5, "demp"]["speedup"] is None and table[0.5, "demp"]["speedup_note"] == UNPAIRED
+    assert table[0.5, "demp"]["flops_ratio"] == pytest.approx(matched_table([{**r, "timing_group": "g"} for r in
+                                                                            hand_made_rows()])[0]["flops_ratio"])
+    # paired with each other but not with a dense run: a different reason
+    lone = add_speedups([{**r, "timing_group": "b" if r["method"] != "dense" else None} for r in hand_made_rows()])
+    assert lone[1]["speedup"] is None and "no dense run" in lone[1]["speedup_note"]
+
+
+def test_paired_speedups_only_within_their_group_and_flagged_above_the_flops_ratio(sweep: Path):
+    """Runs marked paired by mark_paired (as bench_speedup.py marks its runs) get a speed-up
+    against the dense run of their own timing group; one faster than its FLOPs saving allows is
+    flagged; the others have none."""
+    for name in ("dense-adamw-s0", "demp-adamw-0.004-s0"):
+        mark_paired(sweep / name, "A", threads=2)
+    for name in ("dense-adamw-s1", "demp-adamw-0.004-s1"):
+        mark_paired(sweep / name, "B")
+    summary = json.loads((sweep / "dense-adamw-s0" / "summary.json").read_text())
+    assert summary["timing"]["paired"] is True and summary["timing"]["group"] == "A" and summary["timing"]["cpu"]
+    rows = {r["run"]: r for r in add_speedups([r.row() for r in load_runs([sweep])])}
+    # group A: dense 100 s, DemP 80 s with 0.8 of dense's training FLOPs: 1.25x, FLOPs ratio 1.25x
+    assert rows["demp-adamw-0.004-s0"]["speedup"] == pytest.approx(1.25)
+    assert rows["dense-adamw-s0"]["speedup"] == pytest.approx(1.0)
+    # group B: dense 120 s, DemP 80 s = 1.5x, but its FLOPs ratio is 3 / 2.25 = 1.33x: flagged
+    flagged = rows["demp-adamw-0.004-s1"]
+    assert flagged["speedup"] is None and flagged["speedup_flagged"] == pytest.approx(1.5)
+    assert flagged["speedup_note"].startswith("flagged: 1.50x exceeds the training-FLOPs ratio 1.33x")
+    assert rows["demp-adamw-0.01-s0"]["speedup"] is None and rows["demp-adamw-0.01-s0"]["speedup_note"] == UNPAIRED
+    assert rows["snap-sgd-0.5-s0"]["speedup_note"] == UNPAIRED
+    # the FLOPs ratio is against the mean of both dense runs of the optimizer, paired or not
+    assert rows["demp-adamw-0.004-s1"]["flops_ratio"] == pytest.approx(3e9 / 2.25e9)
+
+
+def test_a_timing_mark_without_group_is_refused(sweep: Path):
+    path = sweep / "dense-adamw-s0" / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "timing": {"paired": True}}))
+    with pytest.raises(DempError, match="no timing group"):
+        [r.row() for r in load_runs([sweep])]
+
+
+def test_spread_kind_follows_the_number_of_seeds():
+    assert stat([0.5]) == Stat(0.5, 0.5, 0.5, None, 1) and stat([0.5]).spread is None
+    two = stat([0.7, 0.8])
+    assert two.spread == "range" and (two.lo, two.hi, two.n) == (0.7, 0.8, 2)
+    three = stat([0.7, 0.8, 0.9])
+    assert three.spread == "sd" and three.sd == pytest.approx(0.1) and three.n == 3
+    assert stat([None]) is None and stat([None, 0.4]).n == 1
+
+
+def test_per_point_gives_n_and_spread_per_knob():
+    """1, 2 and 3 seeds at three knobs: n and the spread kind of each point."""
+    accs = {1: [0.8], 2: [0.70, 0.74], 3: [0.60, 0.62, 0.67]}
+    rows = [{"method": "demp", "optimizer": "adamw", "knob": k, "seed": s, "test_acc": a,
+             "units_remaining": 1 - k / 4, "train_flops": 1.0, "wall_s": 1.0}
+            for k, values in accs.items() for s, a in enumerate(values)]
+    points = {p["knob"]: p["stats"]["test_acc"] for p in per_point(rows)}
+    assert [(points[k].n, points[k].spread) for k in (1, 2, 3)] == [(1, None), (2, "range"), (3, "sd")]
+    assert (points[2].lo, points[2].hi) == (0.70, 0.74) and points[2].mean == pytest.approx(0.72)
+    assert points[3].sd == pytest.approx(stat(accs[3]).sd) and points[3].mean == pytest.approx(0.63)
+
+
+def test_interpolated_spread_takes_the_smaller_n():
+    xs = [0.2, 0.6, 1.0]
+    stats = [stat([0.5, 0.6, 0.7]), stat([0.7, 0.8, 0.9, 0.95]), stat([0.9, 1.0])]
+    inside = interpolate_stat(xs, stats, 0.4)
+    assert inside.n == 3 and inside.spread == "sd"
+    assert inside.mean == pytest.approx((0.6 + stats[1].mean) / 2)
+    assert inside.sd == pytest.approx((stats[0].sd + stats[1].sd) / 2)
+    edge = interpolate_stat(xs, stats, 0.8)
+    assert edge.n == 2 and edge.spread == "range" and (edge.lo, edge.hi) == pytest.approx((0.8, 0.975))
+    assert interpolate_stat(xs, stats, 0.6) == stats[1] and interpolate_stat(xs, stats, 1.2) is None
+
+
+def test_demp_minus_best_carries_both_spreads_and_n():
+    """DemP with two seeds at 50% removed against SNAP with three seeds at 40% and 60% and
+    slimming with one: the best other method (SNAP, interpolated) with its sd and n 3."""
+    def row(method, knob, seed, units, acc):
+        return {"method": method, "optimizer": "adamw", "knob": knob, "seed": seed, "test_acc": acc,
+                "units_remaining": units, "fwd_flops_remaining": units, "train_flops": 1.0, "wall_s": 1.0}
+    snap = {0.4: [0.78, 0.80, 0.82], 0.6: [0.70, 0.73, 0.76]}
+    rows = [row("dense", None, 0, 1.0, 0.9), row("demp", 0.5, 0, 0.5, 0.79), row("demp", 0.5, 1, 0.5, 0.83),
+            row("slimming", 0.5, 0, 0.5, 0.70),
+            *[row("snap", t, s, 1 - t, a) for t, accs in snap.items() for s, a in enumerate(accs)]]
+    (h,) = versus_each_demp_run(rows, "units_remaining")
+    assert h["best"] == "snap" and h["best_acc"] == pytest.approx(0.765)
+    assert (h["stat"].n, h["stat"].spread, h["stat"].lo, h["stat"].hi) == (2, "range", 0.79, 0.83)
+    assert h["best_stat"].n == 3 and h["best_stat"].spread == "sd"
+    assert h["best_stat"].sd == pytest.approx((stat(snap[0.4]).sd + stat(snap[0.6]).sd) / 2)
+    assert h["diff"] == pytest.approx(100 * (0.81 - 0.765))
+    (m,) = [e for e in versus_best(matched_table(rows, (0.5,))) if e["method"] == "demp"]
+    assert (m["stat"].n, m["best_stat"].n, m["best"]) == (2, 3, "snap")
+    assert m["diff"] == pytest.approx(h["diff"])
+
+
+def test_two_datasets_make_two_groups_never_one_row(tmp_path: Path):
+    """A CIFAR run and Fashion-MNIST runs in one folder: two groups, and a comparison over both refused."""
+    make_run(tmp_path, "dense-cifar", method="dense", acc=0.9)
+    for seed in range(3):
+        make_run(tmp_path, f"dense-fmnist-s{seed}", method="dense", seed=seed, acc=0.8, dataset="fashion_mnist")
+    rows = [r.row() for r in load_runs([tmp_path])]
+    groups = split_groups(rows)
+    assert list(groups) == [Group("cifar10", "vgg16_bn", 0.25), Group("fashion_mnist", "vgg16_bn", 0.25)]
+    assert [len(g) for g in groups.values()] == [1, 3]
+    assert [p["stats"]["test_acc"].n for g in groups.values() for p in per_point(g)] == [1, 3]
+    with pytest.raises(DempError, match="several datasets/models"):
+        matched_table(rows)
 
 
 def test_same_run_name_in_two_sweeps_kept_apart(tmp_path: Path):

@@ -95,10 +95,11 @@ def test_tiny_study_runs_resumes_and_reports(tmp_path: Path, capsys):
         rows = list(csv.DictReader(f))
     assert [r["run"] for r in rows] == ["adamw-0.001-s0", "adamw-0.1-s0", "sgd-0.001-s0", "sgd-0.1-s0"]
     assert all(r["units"] == "48" and 0 <= float(r["dead_frac"]) <= 1 for r in rows)
+    assert {(r["dataset"], r["model"]) for r in rows} == {("synthetic", "mlp")}     # in every table
     metrics = [json.loads(x) for x in (out / "sgd-0.1-s0" / "metrics.jsonl").read_text().splitlines()]
     steps = [c["step"] for c in death_checks(metrics)]
     assert steps == [0, 2, 4]                                     # every 2 steps and after the last
-    assert "| adamw |" in (out / "report.md").read_text()
+    assert "| synthetic | mlp | adamw |" in (out / "report.md").read_text()
 
     stamps = {r["run"]: (out / r["run"] / "summary.json").stat().st_mtime_ns for r in rows}
     assert all(o.status == "skipped" for o in run_study(path, out=str(out)))

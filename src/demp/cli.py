@@ -104,30 +104,37 @@ def delegate(module: str, command: Callable[[argparse.Namespace], int]) -> Calla
 def add_report_args(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``demp report``."""
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                        help="run folders, sweep folders holding run folders, or study folders")
+                        help="run folders, sweep folders holding run folders, or study folders; or one "
+                             "summary.csv of an earlier report, to regenerate the report from it alone")
     parser.add_argument("--out", default=None,
                         help="output folder (default: results/NAME with --benchmark, else the "
-                             "single folder given, else results/report)")
+                             "single folder given (a summary.csv's folder), else results/report)")
     parser.add_argument("--benchmark", default=None, metavar="NAME",
                         help="benchmark name: title of the report, output in results/NAME")
+    parser.add_argument("--flops-points", type=float, nargs="+", default=None, metavar="FRACTION",
+                        help="fractions of inference FLOPs removed for the matched-FLOPs comparison "
+                             "(default: 0.5 0.75)")
     parser.add_argument("--plot-runs", default="*", metavar="GLOB",
                         help="per-run plots for run folders whose name matches GLOB "
                              "(default: every run; '' for none)")
 
 
 def report_out_dir(runs: Sequence[str], out: Optional[str], benchmark: Optional[str]) -> Path:
-    """Where ``demp report`` writes: --out, else results/NAME, else the single folder given."""
+    """Where ``demp report`` writes: --out, else results/NAME, else the single folder given (the
+    folder of a single summary.csv)."""
     if out:
         return Path(out)
     if benchmark:
         return Path("results") / benchmark
-    return Path(runs[0]) if len(runs) == 1 else Path("results") / "report"
+    if len(runs) != 1:
+        return Path("results") / "report"
+    return Path(runs[0]).parent if Path(runs[0]).is_file() else Path(runs[0])
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``demp report``: aggregate runs (or redraw death studies) and print where the files went."""
     from demp.experiments.render import report, study_report
-    from demp.experiments.results import is_study, read_csv
+    from demp.experiments.results import FLOPS_POINTS, is_study, read_csv
     studies = [Path(p) for p in args.run_dirs if is_study(Path(p))]
     if studies:  # death studies have their own report, one per study folder
         if len(studies) != len(args.run_dirs):
@@ -138,7 +145,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(f"study {folder} -> {files['report.md']}, {len(files) - 2} plots")
         return 0
     out = report_out_dir(args.run_dirs, args.out, args.benchmark)
-    files = report(args.run_dirs, out, title=args.benchmark or "DemP report", plot_runs=args.plot_runs)
+    files = report(args.run_dirs, out, title=args.benchmark or "DemP report", plot_runs=args.plot_runs,
+                   flops_points=args.flops_points or FLOPS_POINTS)
     rows = len(read_csv(files["summary.csv"]))
     print(f"{rows} runs -> {files['summary.csv']}, {files['report.md']}, "
           f"{len(files) - 2} plots in {out}")

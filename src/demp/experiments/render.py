@@ -1,16 +1,20 @@
 """Report folders: plots (matplotlib, file-only Agg backend) and the files of ``demp report``.
 
-``report(paths, out)`` accepts run folders and folders holding run folders (a sweep), and
-writes to ``out``:
+``report(paths, out)`` accepts run folders and folders holding run folders (a sweep), or the
+summary.csv of an earlier report (to regenerate it without the run folders), and writes to
+``out``, the plots once per dataset/model group (file stems suffixed with the group where
+there are several):
 
 - ``summary.csv``: one row per run, columns ``results.COLUMNS``, sorted by method, optimizer, knob, seed;
 - ``acc_vs_units.png``, ``acc_vs_params.png``, ``acc_vs_train_flops.png`` (and ``TRADEOFFS``'
-  others): one panel per optimizer, one curve per method (mean over seeds per knob, sorted by
-  x), each run as a faint dot, dense as a dashed horizontal reference;
+  others; ``acc_vs_wall.png`` from paired runs only, none without them): one panel per
+  optimizer, one curve per method (mean over seeds per knob, sorted by x), each run as a faint
+  dot, dense as a dashed horizontal reference;
 - ``widths_at_0.8.png``: final width per site of dense, DemP and the best baseline at 80%;
 - ``run_plots/<run>_curves.png`` (loss, accuracy, size over training) and
   ``run_plots/<run>_live_units.png`` (live units per site per epoch) for the runs chosen;
-- ``report.md``: the comparison at matched units removed (``matched_table``) and every run.
+- ``report.md``: per group, the points with their spreads over seeds, the comparisons at matched
+  units and FLOPs removed (``matched_table``) and every run (``text.markdown_report``).
 
 ``study_report(folder)`` writes a death study's report (``demp study``, or ``demp report
 STUDY_DIR``) to the study folder (or ``out``), from ``study.json`` and each finished run's
@@ -33,22 +37,27 @@ import math
 import zlib
 from pathlib import Path
 from statistics import mean
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
-from demp.experiments.results import (DENSE, Row, Run, StudyResult, Variant, curve, find_failed, load_runs,
-                                      load_study_results, method_keys, method_rank, row_key, variant, write_csv)
+from demp.core.atomic import atomic_write_text
+from demp.errors import DempError
+from demp.experiments.results import (DENSE, FLOPS_POINTS, Group, Row, Run, StudyResult, Variant, curve, find_failed, group_of,
+                                      load_runs, load_study_results, method_keys, method_rank, row_key,
+                                      rows_from_csv, split_groups, variant, write_csv)
 from demp.experiments.text import markdown_report, pct, si_scale, study_markdown
 
 _MARKERS = "osD^v<>pPX*h"
 
-TRADEOFFS = {  # file stem: (row key, x label, x as percent)
+TRADEOFFS = {  # file stem: (row key, x label, x as percent); acc_vs_wall: paired runs only (see PAIRED_ONLY)
     "acc_vs_units": ("units_remaining", "units remaining (% of dense)", True),
     "acc_vs_params": ("params_remaining", "parameters remaining (% of dense)", True),
     "acc_vs_fwd_flops": ("fwd_flops_remaining", "inference FLOPs remaining (% of dense)", True),
     "acc_vs_train_flops": ("train_flops", "training compute ({}FLOPs, forward+backward, total)", False),
-    "acc_vs_wall": ("wall_s", "training time (s, wall-clock; compare runs made on the same quiet machine)", False),
+    "acc_vs_wall": ("wall_s", "training time (s, wall-clock; paired runs only, timed back to back)", False),
     "acc_vs_nonzero_params": ("nonzero_params_remaining", "non-zero parameters remaining (% of dense)", True),
 }
+PAIRED_ONLY = {"wall_s"}
+"""Values that compare only between runs timed as a pair (``results.PAIRED_KEY``): plotted from those alone."""
 
 
 def _pyplot():
@@ -235,26 +244,31 @@ def plot_widths(runs: Sequence[Run], path: Path, target: float = 0.8, optimizer:
     return path
 
 
-def report(paths: Sequence[str | Path], out: str | Path, title: str = "DemP report",
-           plot_runs: str = "*") -> dict[str, Path]:
-    """Write summary.csv, the trade-off plots, per-run plots (run names matching the glob
-    ``plot_runs``; "" for none) and report.md to ``out``; return the files by name."""
-    runs = load_runs(paths)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = sorted((r.row() for r in runs), key=row_key)
-    files = {"summary.csv": out / "summary.csv"}
-    write_csv(rows, files["summary.csv"])
+def _kept(paths: Iterable[Path]) -> list[Path]:
+    """Those of ``paths`` that exist: plots an earlier report drew from run folders no longer given."""
+    return [p for p in paths if p.is_file()]
+
+
+def group_plots(group: Group, rows: Sequence[Row], runs: Sequence[Run], out: Path, suffix: str, title: str,
+                plot_runs: str) -> list[Path]:
+    """One group's plots: the trade-offs, the widths at 80% and the per-run plots (run names
+    matching the glob ``plot_runs``).  Without run folders (a report from summary.csv) the widths
+    and per-run plots an earlier report drew in ``out`` are kept."""
     images = []
     for stem, (key, label, percent) in TRADEOFFS.items():
-        if not any(r.get(key) is not None for r in rows):   # e.g. runs older than the sparse counts
+        mine = [r for r in rows if r.get("timing_group")] if key in PAIRED_ONLY else rows
+        if not any(r.get(key) is not None for r in mine):   # e.g. runs older than the sparse counts
             continue
-        images.append(plot_tradeoff(rows, key, label, percent, out / f"{stem}.png",
-                                    f"{title}: test accuracy vs {label.split(' (')[0]}"))
-    widths = plot_widths(runs, out / "widths_at_0.8.png")
-    if widths:
+        images.append(plot_tradeoff(mine, key, label, percent, out / f"{stem}{suffix}.png",
+                                    f"{title}, {group.name}: test accuracy vs {label.split(' (')[0]}"))
+    names = [r["run"] for r in rows if plot_runs and fnmatch.fnmatch(r["run"], plot_runs)]
+    widths = out / f"widths_at_0.8{suffix}.png"
+    if not runs:
+        return images + _kept([widths, *(out / "run_plots" / f"{name}_{kind}.png"
+                                         for name in names for kind in ("curves", "live_units"))])
+    if plot_widths(runs, widths):
         images.append(widths)
-    selected = [r for r in runs if plot_runs and fnmatch.fnmatch(r.name, plot_runs)]
+    selected = [r for r in runs if r.name in names]
     if selected:
         (out / "run_plots").mkdir(exist_ok=True)
     for run in sorted(selected, key=lambda r: row_key(r.row())):
@@ -262,9 +276,40 @@ def report(paths: Sequence[str | Path], out: str | Path, title: str = "DemP repo
         live = plot_live_units(run, out / "run_plots" / f"{run.name}_live_units.png")
         if live:
             images.append(live)
-    files.update({p.relative_to(out).as_posix(): p for p in images})
+    return images
+
+
+def report(paths: Sequence[str | Path], out: str | Path, title: str = "DemP report",
+           plot_runs: str = "*", flops_points: Sequence[float] = FLOPS_POINTS) -> dict[str, Path]:
+    """Write summary.csv, per dataset/model group the trade-off plots and per-run plots (run
+    names matching the glob ``plot_runs``; "" for none), and report.md (matched inference FLOPs
+    at the fractions removed ``flops_points``) to ``out``; return the files by name.  ``paths``:
+    run folders and folders holding them, or one summary.csv of an earlier report (the report
+    regenerated from it alone)."""
+    if not all(0 < x < 1 for x in flops_points):
+        raise DempError(f"FLOPs points are fractions removed, between 0 and 1 (exclusive); got {list(flops_points)}")
+    files_given = [Path(p) for p in paths if Path(p).is_file()]
+    if files_given:
+        if len(files_given) != len(paths) or len(files_given) > 1 or files_given[0].suffix != ".csv":
+            raise DempError("give run folders or sweep folders, or a single summary.csv, not a mix: "
+                            f"{', '.join(map(str, paths))}")
+        runs, rows, failed = [], rows_from_csv(files_given[0]), {}
+    else:
+        runs = load_runs(paths)
+        rows, failed = [r.row() for r in runs], find_failed(paths)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows.sort(key=row_key)
+    files = {"summary.csv": out / "summary.csv"}
+    write_csv(rows, files["summary.csv"])
+    groups = split_groups(rows)
+    images = {g: group_plots(g, mine, [r for r in runs if group_of(r.summary) == g], out,
+                             "" if len(groups) == 1 else f"-{g.slug}", title, plot_runs)
+              for g, mine in groups.items()}
+    files.update({p.relative_to(out).as_posix(): p for group in images.values() for p in group})
     files["report.md"] = out / "report.md"
-    files["report.md"].write_text(markdown_report(rows, title, images, out, find_failed(paths)))
+    atomic_write_text(files["report.md"], markdown_report(rows, title, images, out, failed,
+                                                                flops_points=flops_points))
     return files
 
 
