@@ -3,6 +3,7 @@
 help texts point at the reference, and the project speaks of itself."""
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 import subprocess
@@ -87,6 +88,8 @@ def _demp_commands() -> list[tuple[str, list[str]]]:
     for page in PAGES:
         for line in _shell_lines(page.read_text()):
             words = shlex.split(line, comments=True)
+            while words and re.match(r"\w+=", words[0]):   # DEMP_DATA=... demp sweep ...
+                words = words[1:]
             if words[:1] == ["demp"]:
                 out.append((page.name, words[1:]))
             elif "demp.cli" in words and words[words.index("demp.cli") - 1] == "-m":
@@ -154,14 +157,42 @@ def test_readme_is_a_front_page():
     assert len(list((ROOT / "docs").glob("*.md"))) >= 4
 
 
-def test_readme_results_table_is_the_scripts_output():
-    """The headline table is what its command prints from the committed summary.csv."""
-    text = (ROOT / "README.md").read_text()
-    command = "python results/cifar10-vgg-cpu-12ep/table.py --means --optimizer adamw --knob 0.5 0.8"
+@pytest.mark.parametrize("page, options", [("README.md", "--means --optimizer adamw --knob 0.5 0.8"),
+                                           ("docs/results.md", "--means")])
+def test_results_tables_are_the_scripts_output(page: str, options: str):
+    """A results table is what its command prints from the committed summary.csv."""
+    text = (ROOT / page).read_text()
+    command = f"python results/cifar10-vgg-cpu-12ep/table.py {options}"
     assert command in text
     out = subprocess.run([sys.executable, *command.split()[1:]], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
-    assert out.strip() in text
+    assert out.strip() in text, f"{page}: rerun `{command}` and paste its table"
+
+
+def test_guide_lists_every_demp_setting_with_its_default():
+    from dataclasses import fields
+    from demp.core.pruner import DemPConfig
+    rows = {_ticked(r[0])[0]: _ticked(r[1])[0] for t in _tables((ROOT / "docs" / "guide.md").read_text())
+            for r in t if len(r) == 3 and _ticked(r[0]) and _ticked(r[1])}
+    names = [f.name for f in fields(DemPConfig)]
+    assert sorted(k for k in rows if k in names) == sorted(names)
+    for f in fields(DemPConfig):
+        try:
+            shown = ast.literal_eval(rows[f.name])
+        except ValueError:
+            shown = rows[f.name]
+        assert shown == f.default, f"docs/guide.md: {f.name} default {rows[f.name]} but DemPConfig has {f.default!r}"
+
+
+def test_docs_python_snippets_come_from_the_examples():
+    """Every line of the docs' Python snippets that mentions demp appears in an example (as the
+    README's do, tests/test_examples.py), so the snippets run."""
+    examples = {line.strip() for p in (ROOT / "examples").glob("*.py") for line in p.read_text().splitlines()}
+    missing = [line.strip() for page in PAGES for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+               for line in block.splitlines()
+               if re.search(r"demp|pruner|Demon", line) and not line.strip().startswith("#")
+               and line.strip() not in examples]
+    assert not missing, f"snippet lines not in examples/: {missing}"
 
 
 def test_help_points_at_the_reference():
