@@ -19,7 +19,7 @@ from demp.cli import build_parser
 
 ROOT = Path(__file__).parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-PROSE = [*PAGES, *sorted((ROOT / "results").glob("*/README.md"))]
+PROSE = [*PAGES, *sorted((ROOT / "results").rglob("README.md"))]
 FORBIDDEN = re.compile(r"\bsessions?\b|\bthe issue\b|\bplanners?\b", re.I)
 SUBCOMMANDS = ("train", "export", "report", "sweep", "study")
 
