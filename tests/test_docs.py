@@ -130,17 +130,25 @@ def test_a_bad_override_in_a_doc_command_would_fail():
         build_parser().parse_args(["train", "--set", "sparse.method=rigl", "sparse.density=0.2"])
 
 
-LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+LINK = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")
 PATH = re.compile(r"`((?:src|tests|examples|benchmarks|configs|results|docs|\.ci)/[^`\s*{}<>]+)`")
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to '-'."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_links_and_paths_exist(page: Path):
     text = page.read_text()
-    links = [m for m in LINK.findall(text) if not re.match(r"[a-z]+://", m)]
-    missing = [m for m in links if not (page.parent / m).exists()]
+    links = [(f, a) for f, a in LINK.findall(text) if not re.match(r"[a-z]+://", f)]
+    targets = [(page.parent / f if f else page, f, a) for f, a in links]
+    missing = [f for t, f, _ in targets if not t.exists()]
+    missing += [f"{f}#{a}" for t, f, a in targets if a and t.is_file() and a not in _anchors(t)]
     missing += [p for p in PATH.findall(text) if not (ROOT / p.rstrip("/.,")).exists()]
-    assert not missing, f"{page.name} points at missing files: {missing}"
+    assert not missing, f"{page.name} points at missing files or headings: {missing}"
 
 
 @pytest.mark.parametrize("page", PROSE, ids=lambda p: str(p.relative_to(ROOT)))
