@@ -1,4 +1,4 @@
-"""Speed of DemP's machinery relative to plain training, as JSON ratios (targets in the README's speed section).
+"""Speed of DemP's machinery relative to plain training, as JSON ratios (figures: docs/speed.md).
 
 - step_overhead: a training step with DemonPruner (penalty + noise + schedule, no removal)
   over a plain step, VGG-16-BN width 0.25, CIFAR-size batch 128.  Target <= 1.03.  Also

@@ -3,13 +3,16 @@
 The model is an ordinary CNN of the kind users bring (BatchNorm, in-place ReLU, a residual
 block, a concatenation); the data are scikit-learn's 8x8 handwritten digits (real images, in
 the package). DemP removes 30% of the ReLU units while it trains, and ``finish()`` makes the
-last removal and keeps the BatchNorm statistics that serve the pruned network. Run:
+last removal and keeps the BatchNorm statistics that serve the pruned network; the pruned model
+is then saved and reloaded into a freshly built full-width ``MyNet``. Run:
 
     python examples/plain_loop.py            # a few seconds on 2 CPU cores
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -85,11 +88,17 @@ def main(epochs: int = 10, batch_size: int = 64, seed: int = 0) -> dict:
     pruner.finish()                # last removal; keeps the BatchNorm statistics that serve the probe
 
     units_after = sum(s.width for s in demp.list_sites(model, x_train[:2]))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "mynet_pruned.pt"
+        demp.save_pruned(model, path)                  # widths and tensors, written atomically; no code
+        pruned = demp.load_pruned(path, model=MyNet())  # a fresh full-width MyNet, resized to the saved widths
+    with torch.no_grad():
+        reload_change = (pruned(x_test) - model.eval()(x_test)).abs().max().item()
     result = {"units_before": units_before, "units_after": units_after,
               "budget_reached": pruner.budget_reached, "budget_met": pruner.budget_met,
               "test_acc": accuracy(model, x_test, y_test),
               "test_acc_batch_statistics": accuracy(model, x_test, y_test, batch_statistics=True),
-              "statistics_kept": pruner.final_statistics.kept}
+              "statistics_kept": pruner.final_statistics.kept, "reload_change": reload_change}
     return result
 
 

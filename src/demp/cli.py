@@ -21,6 +21,8 @@ if TYPE_CHECKING:  # the experiments load torch: only when a command needs them
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+DOCS = "Every command, option and config key: docs/cli.md (the library API: docs/guide.md)."
+"""The closing line of every help text: where the reference lives."""
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -185,12 +187,13 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its subcommands."""
-    parser = argparse.ArgumentParser(prog="demp", description="Demon Pruning: train while removing dead ReLU units.")
+    parser = argparse.ArgumentParser(prog="demp", description="Demon Pruning: train while removing dead ReLU units.",
+                                     epilog=DOCS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model (default: DemP on Fashion-MNIST to a 40%% units budget, ~1.5 min on 2 CPU cores)",
+    p = sub.add_parser("train", help="train a model (default: DemP on Fashion-MNIST to a 40%% units budget, a few minutes on 2 CPU cores)",
                        description="Train a model with a method and write a run folder: config.yaml, "
-                                   "metrics.jsonl, checkpoint.pt, model.pt, summary.json.")
+                                   "metrics.jsonl, checkpoint.pt, model.pt, summary.json.", epilog=DOCS)
     p.add_argument("--config", metavar="FILE", help="YAML or JSON config (defaults: the main job)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=1 --set method.reg_peak=5e-3")
@@ -200,21 +203,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="inspect a run's pruned model or export it to ONNX")
+    p = sub.add_parser("export", help="inspect a run's pruned model or export it to ONNX",
+                       epilog=DOCS)
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--onnx", nargs="?", const="", metavar="PATH",
                    help="write ONNX (default path: RUN_DIR/model.onnx; needs onnx)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("report", help="tables and plots from run folders")
+    p = sub.add_parser("report", help="tables and plots from run folders",
+                       epilog=DOCS)
     add_report_args(p)
     p.set_defaults(func=delegate("render", cmd_report))
 
-    p = sub.add_parser("study", help="how hyper-parameters make units die: a grid of runs that count dead units")
+    p = sub.add_parser("study", help="how hyper-parameters make units die: a grid of runs that count dead units",
+                       epilog=DOCS)
     add_grid_args(p, "study", "runs/studies/<name>")
     p.set_defaults(func=delegate("runner", cmd_study))
 
-    p = sub.add_parser("sweep", help="run a grid of training runs (resumable), then report")
+    p = sub.add_parser("sweep", help="run a grid of training runs (resumable), then report",
+                       epilog=DOCS)
     add_grid_args(p, "sweep", "runs/sweeps/<name>")
     p.set_defaults(func=delegate("runner", cmd_sweep))
     return parser

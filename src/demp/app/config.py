@@ -1,6 +1,6 @@
 """Run configuration: typed dataclasses, loaded from YAML or JSON, with dotted ``--set`` overrides.
 
-``Config()`` is the main job (DemP on Fashion-MNIST, small_cnn, about 1.5 minutes on 2 CPU
+``Config()`` is the main job (DemP on Fashion-MNIST, small_cnn, a few minutes on 2 CPU
 cores).  ``load_config(path, overrides)`` reads a file over those defaults, applies
 ``key=value`` overrides (values parsed as YAML scalars or lists) and validates everything
 before any work starts; every mistake is a ``DempError`` naming the key and the fix.

@@ -5,7 +5,7 @@ the loop through fixed hooks, called in this order, Lightning-callback style:
 
 1. ``setup(ctx)``: bind the model, optimizer and data (no change to the model);
 2. ``load_state_dict(state)``: only when resuming, with the model already at its pruned widths;
-3. ``on_train_start()``: before the first step of this session (SNAP-like methods prune here);
+3. ``on_train_start()``: before the first step (again when a run resumes; SNAP-like methods prune here);
 4. per step ``penalty()`` (added to the loss) and ``after_step(step, loss)``;
 5. ``on_epoch_end(epoch)``, and ``finish()`` after the last step.
 
