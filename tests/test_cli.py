@@ -65,6 +65,10 @@ def test_errors_are_one_line_with_exit_code_2(argv, message, capsys):
     assert message in error_of(argv, capsys)
 
 
+def test_export_of_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert "is not a run folder" in error_of(["export", str(tmp_path)], capsys)
+
+
 def test_missing_dataset_says_how_to_install_it(tmp_path, capsys):
     err = error_of(["train", "--set", f"data.root={tmp_path}", "--out", str(tmp_path / "run"), "--quiet"], capsys)
     assert "apt-get install -y dataset-fashion-mnist" in err and "data.root" in err

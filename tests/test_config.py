@@ -159,3 +159,30 @@ def test_on_off_yes_no_reach_string_settings_as_strings(tmp_path):
         load_config(None, ["train.channels_last=sometimes"])
     with pytest.raises(DempError, match="train.compile must be true or false"):
         load_config(None, ["train.compile=sometimes"])
+
+
+def test_a_budget_set_on_the_command_line_replaces_the_other_kind(tmp_path):
+    cfg = load_config(None, ["method.target_flops=0.5"])          # over the main job's units budget
+    assert (cfg.method.target_units, cfg.method.target_flops) == (None, 0.5)
+    path = tmp_path / "flops.yaml"
+    path.write_text("method: {target_units: null, target_flops: 0.5}\n")
+    cfg = load_config(str(path), ["method.target=0.3"])            # the alias of target_units, over a file
+    assert (cfg.method.target_units, cfg.method.target_flops) == (0.3, None)
+    with pytest.raises(DempError, match="give one budget"):        # both on the command line: a conflict
+        load_config(None, ["method.target_flops=0.5", "method.target_units=0.3"])
+
+
+def test_sparse_settings_without_a_sparse_method_are_refused(tmp_path):
+    with pytest.raises(DempError, match="sparse.density has no effect while sparse.method is 'none'"):
+        load_config(None, ["sparse.density=0.2"])
+    assert load_config(None, ["sparse.method=rigl", "sparse.density=0.2"]).sparse.density == 0.2
+    path = tmp_path / "sparse.yaml"
+    path.write_text("sparse: {density: 0.1}\n")                  # no method: it would turn RigL on unasked
+    with pytest.raises(DempError, match="no sparse.method"):
+        load_config(str(path))
+    path.write_text("sparse: {method: none, density: 0.1}\n")
+    with pytest.raises(DempError, match="sparse.density has no effect"):
+        load_config(str(path))
+    saved = tmp_path / "run.yaml"                                   # a run's config.yaml (every key) loads
+    saved.write_text(yaml.safe_dump(config_to_dict(load_config())))
+    assert load_config(str(saved)).sparse.method == "none"

@@ -232,3 +232,37 @@ def test_sparse_training_with_every_method_resumes_exactly(name, tmp_path, monke
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert resumed["nonzero_params_final"] == reference["nonzero_params_final"] == nonzero_params(a)
     assert "sparse: rigl" in format_summary(reference)
+
+
+def test_a_collapse_is_caught_recorded_and_said(tmp_path):
+    """A push far too strong: the run stops pushing at the collapse it sees on the probe, ends
+    above chance, and summary.json and the end-of-run table say what happened."""
+    run_dir = tmp_path / "run"
+    with pytest.warns(UserWarning, match="collapsed"):
+        s = train(tiny("method.reg_peak=20", "optim.lr=0.05", "train.epochs=4"), out_dir=str(run_dir), progress=False)
+    c = s["collapsed"]
+    assert c is not None and c["signal"] in ("output spread", "probe loss") and "lambda" in c["cause"]
+    assert s["stopped"] and not s["met"] and s["test_acc"] > 1.25 / 10
+    assert json.loads((run_dir / "summary.json").read_text())["collapsed"] == c
+    text = format_summary(s)
+    assert f"COLLAPSED at step {c['step']}" in text and "(stopped by a collapse)" in text
+
+
+def test_a_final_accuracy_at_chance_is_a_collapse(tmp_path, monkeypatch):
+    """Whatever the method saw, a final network at chance is not a success."""
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: (0.1, 2.3))
+    s = train(tiny("method.name=dense"), out_dir=str(tmp_path / "run"), progress=False)
+    assert s["collapsed"]["signal"] == "final accuracy" and s["collapsed"]["after"] == 0.1
+
+
+def test_a_budget_line_gives_deaths_and_observed_causes():
+    s = {"test_acc": 0.5, "best_acc": 0.5, "units_initial": 10, "units_final": 8, "units_remaining": 0.8,
+         "params_initial": 10, "params_final": 8, "params_remaining": 0.8, "fwd_flops_initial": 1e6,
+         "fwd_flops_final": 8e5, "fwd_flops_remaining": 0.8, "train_flops": 1e12, "prune_events": 1,
+         "wall_s": 1.0, "eval_s": 1.0, "method": "demp", "dataset": "synthetic", "model": "small_cnn",
+         "width": 0.25, "optimizer": "adamw", "lr": 0.01, "epochs": 1, "steps": 10, "knob": 0.4,
+         "knob_name": "target_units", "target": 0.4, "measure": "units", "reached": 0.2, "dead": 0.5,
+         "met": True, "overshoot": 0.09, "causes": ["2 dead units are tied to live ones"]}
+    text = format_summary(s)
+    assert "reached 20.0%, 50.0% dead (met)" in text and "overshot the budget by 9.0%" in text
+    assert "shortfall: 2 dead units are tied to live ones" in text

@@ -389,7 +389,7 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Confi
     source = path or "the defaults"
     file_raw = _read_file(path) if path else {}
     cfg = config_from_dict(file_raw, f"config file {path}" if path else source)
-    _check_unused_sparse(cfg, _file_sparse_keys(file_raw), f"config file {path}")
+    _check_unused_sparse(cfg, _file_sparse_keys(file_raw, f"config file {path}"), f"config file {path}")
     if overrides:
         raw = config_to_dict(cfg)
         given = []
@@ -417,11 +417,15 @@ def _keep_last_budget(raw: dict, given: Sequence[str]) -> None:
         method[other] = None
 
 
-def _file_sparse_keys(raw: dict) -> list[str]:
-    """``sparse.*`` keys a config file sets to other values than the defaults (besides the method)."""
+def _file_sparse_keys(raw: dict, where: str) -> list[str]:
+    """``sparse.*`` keys a config file sets to other values than the defaults (besides the method);
+    a sparse section that names no method is refused (it would turn RigL on unasked)."""
     section = raw.get("sparse") if isinstance(raw, dict) else None
-    if not isinstance(section, dict):
+    if not isinstance(section, dict) or not section:
         return []
+    if "method" not in section:
+        raise DempError(f"{where}: the sparse section sets {', '.join(sorted(section))} but no sparse.method; "
+                        "name it: rigl, gmp, or none")
     defaults = asdict(SparseConfig())
     return [f"sparse.{k}" for k, v in section.items() if k != "method" and k in defaults and v != defaults[k]]
 
