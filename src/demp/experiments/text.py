@@ -56,7 +56,8 @@ def md_table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> list[str]
 # ----------------------------------------------------------------------------- one run
 
 def format_summary(summary: dict) -> str:
-    """The end-of-run table: accuracy, units, parameters, FLOPs before/after, and wall time."""
+    """The end-of-run table: accuracy (text: and bits per byte), units, parameters, FLOPs before/after,
+    and wall time."""
     def row(name: str, before: str, after: str, ratio: str = "") -> str:
         return f"{name:<24}{before:>14}{after:>14}{ratio:>17}"
 
@@ -69,6 +70,8 @@ def format_summary(summary: dict) -> str:
              f"lr {s['lr']}, {s['epochs']} epochs / {s['steps']} steps{knob}",
              row("", "initial", "final", "final/initial"),
              row("test accuracy", "-", f"{100 * s['test_acc']:.2f}%", f"(best {100 * s['best_acc']:.2f}%)"),
+             *([row("validation bits/byte", "-", f"{s['test_bpb']:.4f}", f"(best {s['best_bpb']:.4f})")]
+               if s.get("test_bpb") is not None else []),
              row("units", f"{s['units_initial']:,}", f"{s['units_final']:,}", f"{100 * s['units_remaining']:.1f}%"),
              row("parameters", f"{s['params_initial']:,}", f"{s['params_final']:,}",
                  f"{100 * s['params_remaining']:.1f}%"),
