@@ -85,3 +85,17 @@ def test_sparse_runs_get_a_plot_against_non_zero_parameters(tmp_path: Path):
     assert (tmp_path / "out" / "acc_vs_nonzero_params.png").is_file()
     only_old = report([tmp_path / "runs" / "old"], tmp_path / "out_old")
     assert not (tmp_path / "out_old" / "acc_vs_nonzero_params.png").exists() and files and only_old
+
+
+def test_text_runs_show_bits_per_byte(tmp_path: Path):
+    """Runs with validation bits per byte get those columns in summary.csv and report.md (others do not)."""
+    make_run(tmp_path / "img", "dense-adamw-s0", method="dense")
+    assert "bits/byte" not in report([tmp_path / "img"], tmp_path / "out-img", plot_runs="")["report.md"].read_text()
+    for name, method, bpb in (("dense-adamw-s0", "dense", 2.5), ("snap-adamw-0.5-s0", "snap", 2.75)):
+        run = make_run(tmp_path / "lm", name, method=method, knob=0.5 if method == "snap" else None)
+        path = run / "summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "test_bpb": bpb, "best_bpb": bpb - 0.1}))
+    files = report([tmp_path / "lm"], tmp_path / "out-lm", plot_runs="")
+    assert [r["test_bpb"] for r in read_csv(files["summary.csv"])] == [2.5, 2.75]
+    assert "| val bits/byte | best bits/byte |" in files["report.md"].read_text()
+    assert "| 2.750 | 2.650 |" in files["report.md"].read_text()

@@ -7,7 +7,8 @@ and ``config.yaml``.  A run's rows carry its method and its variant's ``label`` 
 name, or None) as two fields; reports group runs by both (``Variant``) and show them as
 ``demp[label]``.  Summaries written before the ``label`` field are read by ``legacy_summary``.
 
-Accuracies in summaries are fractions in [0, 1].
+Accuracies in summaries are fractions in [0, 1].  Runs on text also carry ``test_bpb`` and
+``best_bpb``, validation bits per byte (lower is better; best is the lowest).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from demp.experiments.spec import PLAN_NAME, StudyRun
 
 COLUMNS = ("method", "optimizer", "knob", "target", "seed", "test_acc", "best_acc", "units_remaining",
            "params_remaining", "fwd_flops_final", "fwd_flops_remaining", "train_flops", "wall_s",
-           "nonzero_params_remaining", "sparse_fwd_flops_remaining")
+           "nonzero_params_remaining", "sparse_fwd_flops_remaining", "test_bpb", "best_bpb")
 NUMERIC_COLUMNS = tuple(c for c in COLUMNS if c not in ("method", "optimizer", "knob", "target", "seed"))
 """The columns a curve averages over seeds (every figure a plot or a table may use)."""
 METHOD_ORDER = ("dense", "demp", "snap", "cropit", "earlysnap", "earlycrop", "slimming",

@@ -170,6 +170,11 @@ def _own_points_section(rows: Sequence[Row]) -> list[str]:
     return lines + [""]
 
 
+def _bpb(value: Optional[float]) -> str:
+    """Bits per byte to 3 decimals, n/a when missing."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def markdown_report(rows: Sequence[Row], title: str, images: Sequence[Path], out: Path,
                     failed: Optional[dict[str, str]] = None, points: Sequence[float] = (0.5, 0.8)) -> str:
     """report.md: dense reference, the matched-units comparison, every run, failures, the plots."""
@@ -182,12 +187,15 @@ def markdown_report(rows: Sequence[Row], title: str, images: Sequence[Path], out
              "time / run wall-clock time (same optimizer and seed where available).", ""]
     lines += (_dense_section(rows) + _matched_sections(table, flops_table) + _headline_section(table, flops_table)
               + _own_points_section(rows))
+    bpb = any(r.get("test_bpb") is not None for r in rows)   # text runs: validation bits per byte
     lines += ["## Runs", ""]
     lines += md_table(
-        ["run", "method", "optimizer", "knob", "seed", "test acc", "best acc", "units rem.",
+        ["run", "method", "optimizer", "knob", "seed", "test acc", "best acc",
+         *(["val bits/byte", "best bits/byte"] if bpb else []), "units rem.",
          "params rem.", "inference FLOPs", "train FLOPs", "wall s", "speed-up"],
         [[r["run"], variant(r).name, r["optimizer"] or "", _knob(r["knob"]), _knob(r["seed"]),
-          pct(r["test_acc"], 2), pct(r["best_acc"], 2), pct(r["units_remaining"]),
+          pct(r["test_acc"], 2), pct(r["best_acc"], 2),
+          *([_bpb(r.get("test_bpb")), _bpb(r.get("best_bpb"))] if bpb else []), pct(r["units_remaining"]),
           pct(r["params_remaining"]), si(r["fwd_flops_final"]), si(r["train_flops"]),
           "n/a" if r["wall_s"] is None else f"{r['wall_s']:.0f}", _speed(r["speedup"])]
          for r in rows])
