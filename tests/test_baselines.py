@@ -491,3 +491,53 @@ def test_registry_and_slimming_without_norm_layers():
     method = create_method(MethodConfig("slimming"))
     with pytest.raises(DempError, match="no BatchNorm.*use 'magnitude'"):
         method.setup(make_ctx(MLP(), steps_per_epoch=1, epochs=1))
+
+
+# ----------------------------------------------------------------------------- transformer FFN units
+
+def zoo_ctx(name: str, steps_per_epoch: int, epochs: int) -> Ctx:
+    """A tiny zoo transformer (ViT on 16x16 images or the byte LM on 16-byte sequences) and its data."""
+    from demp.app.measure import CrossEntropy
+    from demp.app.models import create_model
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    n = BATCH * steps_per_epoch
+    if name == "vit_tiny":
+        model = create_model(name, num_classes=4, width=0.25, image_size=16, depth=2, mlp_ratio=4)
+        x = torch.randn(n, 3, 16, 16, generator=g)
+        y = (x.flatten(1) @ torch.randn(x[0].numel(), 4, generator=g)).argmax(1)
+    else:
+        model = create_model(name, num_classes=256, width=0.25, context=16, depth=2)
+        data = torch.randint(0, 256, (n * 16 + 1,), generator=g)
+        x, y = data[:-1].view(n, 16), data[1:].view(n, 16)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+    def batches(k):
+        return [(x[(i % steps_per_epoch) * BATCH:][:BATCH], y[(i % steps_per_epoch) * BATCH:][:BATCH])
+                for i in range(k)]
+    return Ctx(model=model, optimizer=opt, example_inputs=x[:2], probe=[x[:32]],
+               total_steps=steps_per_epoch * epochs, train_batches=batches, loss_fn=CrossEntropy(),
+               steps_per_epoch=steps_per_epoch)
+
+
+@pytest.mark.parametrize("model_name", ["vit_tiny", "relu_lm"])
+@pytest.mark.parametrize("name", ["snap", "cropit", "earlysnap", "earlycrop", "magnitude", "random"])
+def test_baselines_remove_transformer_ffn_units(name, model_name):
+    """On a ViT and the byte LM the FFN ReLUs are the only sites: each baseline removes the
+    target fraction of FFN units, the optimizer stays exact and the model still trains."""
+    ctx = zoo_ctx(model_name, steps_per_epoch=3, epochs=2)
+    model, x = ctx.model, ctx.example_inputs
+    before = units(model, x)
+    assert before and all(s.endswith("ffn.act") for s in before)
+    extra = {"score_batches": 2} if name not in ("magnitude", "random") else {"prune_steps": 2}
+    method = create_method(MethodConfig(name, target=0.5, **extra))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*early trigger never fired")
+        run(method, ctx, epochs=2)
+        method.finish()
+    after = units(model, x)
+    fc1 = [b.ffn.fc1.out_features for b in model.blocks]
+    assert sum(fc1) == sum(after.values()) == sum(before.values()) - round(0.5 * sum(before.values()))
+    assert [b.ffn.fc2.in_features for b in model.blocks] == fc1
+    assert_optimizer_exact(model, ctx.optimizer)
+    run(method, ctx, epochs=1, setup=False)   # still runs and trains at the new widths

@@ -68,3 +68,24 @@ def test_onnx_matches_torch(tmp_path, name, width):
     out = session.run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         assert (torch.from_numpy(out) - model(x)).abs().max().item() < 1e-4
+
+
+def test_byte_lm_example_input_round_trip_and_onnx(tmp_path):
+    """A sequence model's example is a batch of byte ids over its context; pruned, saved, rebuilt, exported."""
+    torch.manual_seed(0)
+    model = create_model("relu_lm", num_classes=256, width=0.25, context=16, depth=2)
+    x = example_input(model, 2)
+    assert x.shape == (2, 16) and x.dtype == torch.long
+    marks = {s.name: torch.arange(s.width) % 3 == 0 for s in demp.list_sites(model, x)}
+    demp.remove_units(model, marks, x, exact=False)
+    save_pruned(model.eval(), tmp_path / "model.pt")
+    again = load_run_model(tmp_path / "model.pt")
+    ids = torch.randint(0, 256, (3, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids), model(ids))
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    export_onnx(model, x, tmp_path / "model.onnx")
+    out = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"input": ids.numpy()})[0]
+    with torch.no_grad():
+        assert (torch.from_numpy(out) - model(ids)).abs().max().item() < 1e-4

@@ -38,8 +38,11 @@ def meta_model(name: str, **kwargs) -> nn.Module:
         return create_model(name, **kwargs)
 
 
+SEQUENCE_MODELS = ["relu_lm"]
+
+
 def test_list_models_has_every_family() -> None:
-    assert list_models() == ALL_MODELS
+    assert list_models() == sorted(ALL_MODELS + SEQUENCE_MODELS)
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -196,3 +199,105 @@ def test_one_sgd_step_reduces_loss(name: str) -> None:
     with torch.no_grad():
         after = F.cross_entropy(model(x), y)
     assert after < before
+
+
+# ----------------------------------------------------------------------------- sequence models
+
+def plant_dead_ffn_units(blocks, n: int) -> list[int]:
+    """Make the first ``n`` FFN units of every block dead on any input (zero weights, negative bias)."""
+    with torch.no_grad():
+        for b in blocks:
+            fc1 = b.ffn.fc1 if hasattr(b, "ffn") else b.fc1
+            fc1.weight[:n] = 0
+            fc1.bias[:n] = -1.0
+    return [n] * len(blocks)
+
+
+def assert_exact_ffn_removal(model: nn.Module, blocks, x: torch.Tensor) -> None:
+    """Planted dead FFN units are found and removed, outputs and the optimizer stay exact."""
+    from demp import find_dead_units, remove_units
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(x).float().logsumexp(-1).mean().backward()
+    opt.step()     # AdamW state exists and must be sliced
+    plant_dead_ffn_units(blocks, 3)
+    dead = find_dead_units(model, [x])
+    assert all(int(d[:3].sum()) == 3 for d in dead.values()) and len(dead) == len(blocks)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    widths = {n: len(d) for n, d in dead.items()}
+    report = remove_units(model, dead, x[:2], opt)
+    assert report.units_removed == sum(int(d.sum()) for d in dead.values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+    held = [p for g in opt.param_groups for p in g["params"]]
+    assert [id(p) for p in held] == [id(p) for p in model.parameters()]
+    assert all(v.shape == p.shape for p, st in opt.state.items() for v in st.values() if v.dim() > 0)
+    assert sum(widths.values()) - report.units_removed == sum(
+        (b.ffn.fc1 if hasattr(b, "ffn") else b.fc1).out_features for b in blocks)
+
+
+def test_relu_lm_shapes_causality_and_sizes() -> None:
+    torch.manual_seed(0)
+    model = create_model("relu_lm", num_classes=256, width=0.5, context=12, depth=2, heads=4, mlp_ratio=4)
+    assert model.blocks[0].ffn.fc1.out_features == 4 * 64 and model.embed.weight.shape == (256, 64)
+    x = torch.randint(0, 256, (3, 12))
+    logits = model(x)
+    assert logits.shape == (3, 12, 256)
+    later = x.clone()
+    later[:, 8:] = (later[:, 8:] + 1) % 256
+    torch.testing.assert_close(model(later)[:, :8], logits[:, :8])    # no position sees the future
+    assert model(x[:, :5]).shape == (3, 5, 256)
+    with pytest.raises(ValueError, match="exceeds the model's context 12"):
+        model(torch.zeros(1, 13, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer byte sequences"):
+        model(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="data.name=text"):
+        create_model("relu_lm", num_classes=256)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_relu_lm_ffn_units_are_removed_exactly(tied: bool) -> None:
+    torch.manual_seed(0)
+    model = create_model("relu_lm", num_classes=256, width=0.25, context=16, depth=2, tied=tied)
+    assert (model.head.weight is model.embed.weight) == tied
+    assert_exact_ffn_removal(model, model.blocks, torch.randint(0, 256, (6, 16)))
+    assert (model.head.weight is model.embed.weight) == tied    # the tie survives FFN removal
+
+
+def test_hf_model_is_built_from_its_config_and_pruned_exactly() -> None:
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = {"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "word_embed_proj_dim": 32, "dropout": 0.0}
+    model = create_model("hf:OPTForCausalLM", num_classes=256, width=1.0, context=16, **config)
+    assert model.model.config.vocab_size == 256 and model.model.config.max_position_embeddings == 16
+    assert model.demp_spec["name"] == "hf:OPTForCausalLM" and model.demp_spec["ffn_dim"] == 64
+    x = torch.randint(0, 256, (4, 16))
+    assert model(x).shape == (4, 16, 256)
+    assert_exact_ffn_removal(model, model.model.model.decoder.layers, x)
+
+
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("hf:NoSuchModel", {}, "transformers has no model class 'NoSuchModel'"),
+    ("hf:OPTForCausalLM", {"width": 0.5}, "set model.width=1"),
+    ("hf:OPTForCausalLM", {"vocab_size": 100}, "vocab_size 100 differs"),
+])
+def test_hf_model_refusals(name: str, kwargs: dict, match: str) -> None:
+    pytest.importorskip("transformers")
+    kwargs = {"width": 1.0, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        create_model(name, num_classes=256, **kwargs)
+
+
+def test_hf_model_without_transformers(monkeypatch) -> None:
+    import builtins
+    real = builtins.__import__
+
+    def no_transformers(name, *args, **kw):
+        if name == "transformers":
+            raise ImportError("no transformers")
+        return real(name, *args, **kw)
+    monkeypatch.setattr(builtins, "__import__", no_transformers)
+    with pytest.raises(ValueError, match="needs the transformers package: pip install transformers"):
+        create_model("hf:OPTForCausalLM", num_classes=256, width=1.0)

@@ -181,3 +181,17 @@ def test_no_table_shows_a_speedup_above_its_flops_ratio(tmp_path: Path):
     text = markdown_report(rows, "t", {}, tmp_path)
     flagged = "flagged: 2.00x exceeds the training-FLOPs ratio 1.20x"
     assert text.count(flagged) == 3 and "2.00x" not in text.replace(flagged, "")   # points, matched, runs
+
+
+def test_text_runs_show_bits_per_byte(tmp_path: Path):
+    """Runs with validation bits per byte get those columns in summary.csv and report.md (others do not)."""
+    make_run(tmp_path / "img", "dense-adamw-s0", method="dense")
+    assert "bits/byte" not in report([tmp_path / "img"], tmp_path / "out-img", plot_runs="")["report.md"].read_text()
+    for name, method, bpb in (("dense-adamw-s0", "dense", 2.5), ("snap-adamw-0.5-s0", "snap", 2.75)):
+        run = make_run(tmp_path / "lm", name, method=method, knob=0.5 if method == "snap" else None)
+        path = run / "summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "test_bpb": bpb, "best_bpb": bpb - 0.1}))
+    files = report([tmp_path / "lm"], tmp_path / "out-lm", plot_runs="")
+    assert [r["test_bpb"] for r in read_csv(files["summary.csv"])] == [2.5, 2.75]
+    assert "| val bits/byte | best bits/byte |" in files["report.md"].read_text()
+    assert "| 2.750 | 2.650 |" in files["report.md"].read_text()

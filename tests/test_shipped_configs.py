@@ -85,11 +85,30 @@ def test_cpu_cifar_sweep_compares_at_matched_units():
 
 @pytest.mark.parametrize("path", SMOKE, ids=_id)
 def test_config_trains_a_few_steps_on_synthetic_data(path: Path, tmp_path: Path):
+    """Image configs train on synthetic images; text configs on a few sequences of the default corpus."""
+    text = load_config(str(path)).data.name == "text"
+    data = (["data.subset=16"] if text else
+            ["data.name=synthetic", "data.root=null", "data.subset=null", "data.resize=32"])
     cfg = load_config(str(path), [
-        "data.name=synthetic", "data.root=null", "data.subset=null", "data.resize=32",
-        "model.width=0.125", "train.max_steps=2", "train.epochs=1", "train.batch_size=8",
+        *data, "model.width=0.125", "train.max_steps=2", "train.epochs=1", "train.batch_size=8",
         "train.eval_every_epoch=false", "method.prune_every=2", "data.probe_size=16",
         "data.probe_batch=16"])
     summary = train(cfg, str(tmp_path / "run"), progress=False)
     assert summary["steps"] == 2 and 0 <= summary["test_acc"] <= 1
     assert summary["optimizer"] == load_config(str(path)).optim.name
+
+
+@pytest.mark.parametrize("stem, config", [("sweep_vit_cifar10", "vit_cifar10_adamw.yaml"),
+                                          ("sweep_relu_lm", "relu_lm_adamw.yaml")])
+def test_transformer_sweeps_compare_every_baseline_on_ffn_units(stem: str, config: str):
+    """Dense and DemP (two seeds), DemP's units budget and six baselines at 50% and 80% of units."""
+    sweep = load_sweep(CONFIGS / "cpu" / f"{stem}.yaml")
+    runs = plan_runs(sweep)
+    for method in ("demp", "snap", "cropit", "earlysnap", "earlycrop", "magnitude", "random"):
+        assert {r.knob for r in runs if r.entry.method == method} == {0.5, 0.8}, method
+    assert {r.seed for r in runs if r.entry.method in ("dense", "demp")} == {0, 1}
+    assert {r.entry.method for r in runs} == {"dense", "demp", "snap", "cropit", "earlysnap", "earlycrop",
+                                              "magnitude", "random"}
+    demp = run_config(sweep, next(r for r in runs if r.entry.method == "demp" and r.knob == 0.8))
+    shipped = load_config(str(CONFIGS / "cpu" / config), ["method.target_units=0.8"])
+    assert demp.method == shipped.method and (demp.model, demp.data) == (shipped.model, shipped.data)

@@ -266,3 +266,45 @@ def test_a_budget_line_gives_deaths_and_observed_causes():
     text = format_summary(s)
     assert "reached 20.0%, 50.0% dead (met)" in text and "overshot the budget by 9.0%" in text
     assert "shortfall: 2 dead units are tied to live ones" in text
+
+
+# ----------------------------------------------------------------------------- byte-level text
+
+LM = ["data.name=text", "model.name=relu_lm", "model.width=0.25", "model.kwargs={depth: 2}", "data.context=32",
+      "data.subset=96", "train.batch_size=32", "train.epochs=2", "train.log_every=2", "method.prune_every=2",
+      "method.reg_peak=0.05", "data.probe_size=64", "data.probe_batch=32", "threads=1", "train.checkpoint_every=4"]
+"""The default corpus, 96 sequences of 32 bytes: 3 steps per epoch, a few seconds per run."""
+
+
+def test_text_run_reports_bits_per_byte_and_resumes_exactly(tmp_path, monkeypatch):
+    cfg = load_config(None, LM)
+    summary = train(cfg, out_dir=str(tmp_path / "whole"), progress=False)
+    assert summary["dataset"] == "text" and summary["test_bpb"] == pytest.approx(summary["test_loss"] / math.log(2))
+    assert summary["best_bpb"] <= summary["test_bpb"] < 8.5          # 8 bits per byte is a uniform guess
+    epochs = [r for r in read_metrics(tmp_path / "whole") if "test_bpb" in r and "event" not in r]
+    assert [r["epoch"] for r in epochs] == [1, 2] and summary["best_bpb"] == min(r["test_bpb"] for r in epochs
+                                                                                  + [summary])
+    assert "validation bits/byte" in format_summary(summary)
+    model = load_run_model(tmp_path / "whole" / "model.pt")
+    sites = demp.list_sites(model, torch.zeros(2, 32, dtype=torch.long))
+    assert {s.name: s.width for s in sites} == summary["widths_final"]
+    resumed = killed_and_resumed(cfg, tmp_path / "cut", monkeypatch, at=5)   # after the checkpoint at step 4
+    assert resumed["test_bpb"] == summary["test_bpb"] and resumed["train_flops"] == summary["train_flops"]
+
+
+def test_text_with_an_image_model_is_refused(tmp_path):
+    with pytest.raises(DempError, match="text data needs a sequence model"):
+        train(load_config(None, LM + ["model.name=vit_tiny"]), out_dir=str(tmp_path), progress=False)
+
+
+def test_transformers_model_trains_on_text(tmp_path):
+    pytest.importorskip("transformers")
+    cfg = load_config(None, LM + ["model.name=hf:OPTForCausalLM", "model.width=1", "method.name=snap",
+                                  "method.target=0.5", "method.score_batches=1",
+                                  "model.kwargs={hidden_size: 32, ffn_dim: 64, num_hidden_layers: 2, "
+                                  "num_attention_heads: 2, word_embed_proj_dim: 32, dropout: 0.0}"])
+    summary = train(cfg, out_dir=str(tmp_path), progress=False)
+    assert summary["units_initial"] == 128 and summary["units_final"] == 64 and "test_bpb" in summary
+    model = load_run_model(tmp_path / "model.pt")
+    assert [layer.fc1.out_features for layer in model.model.model.decoder.layers] == list(
+        summary["widths_final"].values())

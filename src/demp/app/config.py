@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from demp.app.data import DATASETS
+from demp.app.data import DATASETS, TEXT_DATASET
 from demp.app.methods import METHODS, MethodConfig, method_class, setting_keys
 from demp.app.methods.base import canonical_name
 from demp.app.speed import AUTOCASTS, CHANNELS_LAST
@@ -48,10 +48,14 @@ def yaml_load(text: str) -> Any:
 
 @dataclass
 class DataConfig:
-    """Which dataset to train on, how to feed it, and the images dead checks look at."""
-    name: str = "fashion_mnist"     # fashion_mnist | cifar10 | synthetic | imagefolder
-    root: Optional[str] = None      # dataset folder (None: the standard place; CIFAR-10: $DEMP_DATA)
-    subset: Optional[int] = None    # keep the first N training examples
+    """Which dataset to train on, how to feed it, and the examples dead checks look at."""
+    name: str = "fashion_mnist"     # fashion_mnist | cifar10 | synthetic | imagefolder | text
+    root: Optional[str] = None      # dataset folder (None: the standard place; CIFAR-10: $DEMP_DATA;
+                                    # text: the pinned default corpus, else a text file or folder)
+    subset: Optional[int] = None    # keep the first N training examples (text: sequences)
+    context: int = 128              # text: bytes per sequence
+    val_fraction: float = 0.1       # text: the last fraction of the bytes validates
+    sha256: Optional[str] = None    # text: SHA-256 of the corpus at data.root (the default corpus is always checked)
     augment: bool = False           # pad-4 random crop + flip (imagefolder: always random-resized-crop)
     resize: Optional[int] = None    # resize images to this side (e.g. 64 for VGG on CIFAR-10)
     probe_size: int = 1536          # un-augmented training images in each dead check
@@ -145,14 +149,15 @@ def available_methods() -> list[str]:
 
 
 def _data_names() -> tuple[str, ...]:
-    return (*DATASETS, "imagefolder")
+    return (*DATASETS, "imagefolder", TEXT_DATASET)
 
 
 def _check_names(cfg: Config) -> None:
     """Known names everywhere; 'fashion-mnist' is read as 'fashion_mnist' (same for methods)."""
-    from demp.app.models import list_models
+    from demp.app.models import HF_PREFIX, list_models
     cfg.data.name = canonical_name(cfg.data.name, _data_names(), "data.name")
-    cfg.model.name = canonical_name(cfg.model.name, list_models(), "model.name")
+    if not cfg.model.name.startswith(HF_PREFIX):
+        cfg.model.name = canonical_name(cfg.model.name, list_models(), "model.name")
     choices = [("optim.name", cfg.optim.name, OPTIMIZERS),
                ("optim.schedule", cfg.optim.schedule, SCHEDULES),
                ("train.autocast", cfg.train.autocast, AUTOCASTS),
@@ -178,6 +183,10 @@ def _check_ranges(cfg: Config) -> None:
         ("data.probe_size", d.probe_size, d.probe_size >= 1, ">= 1"),
         ("data.probe_batch", d.probe_batch, d.probe_batch >= 1, ">= 1"),
         ("data.calib_batches", d.calib_batches, d.calib_batches >= 1, ">= 1"),
+        ("data.context", d.context, d.context >= 1, ">= 1"),
+        ("data.val_fraction", d.val_fraction, 0 < d.val_fraction < 1, "in (0, 1)"),
+        ("data.sha256", d.sha256, _optional(d.sha256, lambda v: re.fullmatch(r"[0-9a-fA-F]{64}", v)),
+         "64 hex digits or null"),
         ("model.width", m.width, m.width > 0, "> 0"),
         ("train.epochs", t.epochs, t.epochs >= 1, ">= 1"),
         ("train.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
@@ -203,6 +212,9 @@ def _check_ranges(cfg: Config) -> None:
     if o.schedule == "one_cycle" and o.warmup_epochs > 0:
         raise DempError("optim.schedule 'one_cycle' has its own warm-up (to the peak at 30%); "
                         "set optim.warmup_epochs=0")
+    if d.name == TEXT_DATASET and (d.augment or d.resize):
+        raise DempError("data.augment and data.resize apply to images; set them to false and null "
+                        "for data.name 'text'")
     if d.name == "imagefolder" and d.subset is not None:
         raise DempError("data.subset is not supported with data.name 'imagefolder'; "
                         "point data.root at a smaller folder instead")

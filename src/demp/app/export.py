@@ -53,10 +53,13 @@ def load_run_model(path: str | Path, map_location: str | torch.device = "cpu") -
 
 
 def example_input(model: nn.Module, batch: int = 1) -> torch.Tensor:
-    """A zero input batch of the shape the model's spec was built for."""
+    """A zero input batch of the shape the model's spec was built for (sequence models: byte ids
+    of the full context)."""
     spec = getattr(model, "demp_spec", None)
     if spec is None:
         raise DempError("the model has no demp_spec, so its input shape is unknown; pass an example")
+    if spec.get("context") is not None:
+        return torch.zeros(batch, spec["context"], dtype=torch.long)
     size = spec.get("image_size", 32)
     return torch.zeros(batch, spec.get("in_channels", 3), size, size)
 

@@ -1,7 +1,8 @@
-"""What a run measures: the size of the current architecture, test accuracy, live units, and
-the summary a paper reports (FLOPs counted by ``torch.utils.flop_counter``)."""
+"""What a run measures: the size of the current architecture, test accuracy (and bits per byte
+for text), live units, and the summary a paper reports (FLOPs counted by ``torch.utils.flop_counter``)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -15,6 +16,19 @@ from demp.core.flops import forward_flops, train_step_flops
 from demp.core.utils import count_params, eval_mode
 
 FLOPS_NOTE = "FLOPs = 2 x multiply-adds of matmuls/convs/attention (torch FlopCounterMode)"
+
+
+class CrossEntropy(nn.CrossEntropyLoss):
+    """Cross-entropy over the logits' last dimension: (B, C) image logits and (B, T, V) next-byte
+    logits alike (every position of a sequence is one prediction)."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits.flatten(0, -2), target.flatten())
+
+
+def bits_per_byte(loss_nats: float) -> float:
+    """Mean next-byte cross-entropy in nats as bits per byte (lower is better)."""
+    return loss_nats / math.log(2)
 
 
 @dataclass
@@ -36,7 +50,8 @@ class Arch:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, autocast: Callable[[], Any],
              calibration: Optional[list] = None) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) over a whole loader, in eval mode.
+    """(accuracy, mean cross-entropy) over every prediction of a whole loader, in eval mode
+(text: every position of every sequence, so the loss is nats per byte).
 
     With ``calibration`` batches, BatchNorm statistics are re-estimated on them first (and
     restored after).
@@ -49,6 +64,7 @@ def evaluate(model: nn.Module, loader: Any, autocast: Callable[[], Any],
         for x, y in loader:
             with autocast():
                 logits = model(x)
+            logits, y = logits.flatten(0, -2), y.flatten()
             loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             n += len(y)
@@ -62,9 +78,11 @@ def live_units(model: nn.Module, probe: list[torch.Tensor]) -> dict[str, int]:
 
 
 def run_summary(initial: dict, arch: Arch, final: dict, counters: dict, about: dict) -> dict:
-    """The numbers a paper reports about one run: accuracy, sizes before/after, FLOPs, time."""
+    """The numbers a paper reports about one run: accuracy (text: and bits per byte), sizes
+    before/after, FLOPs, time."""
+    bpb = {"test_bpb": final["test_bpb"], "best_bpb": counters["best_bpb"]} if "test_bpb" in final else {}
     return {
-        "test_acc": final["test_acc"], "test_loss": final["test_loss"], "best_acc": counters["best_acc"],
+        "test_acc": final["test_acc"], "test_loss": final["test_loss"], "best_acc": counters["best_acc"], **bpb,
         "units_initial": initial["units"], "units_final": arch.units,
         "units_remaining": arch.units / initial["units"],
         "params_initial": initial["params"], "params_final": arch.params,

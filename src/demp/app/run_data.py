@@ -1,19 +1,21 @@
 """A run's data: the configured dataset's loaders, probe images and shapes, as the training loop needs them.
 
 This is the only data code that reads the run configuration; ``demp.app.data`` knows nothing of
-``Config``.  In-memory datasets get ``BatchLoader``s, ImageNet-style folders ``FolderLoader``s.
+``Config``.  In-memory datasets get ``BatchLoader``s, ImageNet-style folders ``FolderLoader``s and
+byte-level text ``SequenceLoader``s.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from demp.app.config import Config
-from demp.app.data import (Augment, BatchLoader, FolderLoader, ImageFolderDataset, Loader, load_dataset,
-                           probe_batches)
+from demp.app.data import (TEXT_DATASET, Augment, BatchLoader, FolderLoader, ImageFolderDataset, Loader,
+                           SequenceLoader, load_dataset, load_text, probe_batches)
+from demp.app.data.text import VOCAB
 
 EVAL_BATCH = 1024          # in-memory test sets
 FOLDER_EVAL_BATCH = 256    # image folders (full-size images decoded by workers)
@@ -21,14 +23,20 @@ FOLDER_EVAL_BATCH = 256    # image folders (full-size images decoded by workers)
 
 @dataclass
 class Data:
-    """What the loop needs from a dataset: loaders, probe images and the input/output shapes."""
+    """What the loop needs from a dataset: loaders, probe inputs and the input/output shapes."""
     train: Loader
     test: Loader
-    probe: list[torch.Tensor]       # un-augmented training images for dead checks
+    probe: list[torch.Tensor]       # un-augmented training images (or sequences) for dead checks
     score_batches: Callable[[int], list[tuple[torch.Tensor, torch.Tensor]]]
-    num_classes: int
+    num_classes: int                # text: the vocabulary (256 bytes)
     in_channels: int
     image_size: int
+    context: Optional[int] = None   # text: bytes per sequence (None: images)
+
+    @property
+    def text(self) -> bool:
+        """Whether examples are byte sequences (next-byte targets) rather than images."""
+        return self.context is not None
 
 
 def _take(loader: Loader, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -47,6 +55,8 @@ def load_run_data(cfg: Config, device: torch.device) -> Data:
     d, bs = cfg.data, cfg.train.batch_size
     if d.name == "imagefolder":
         return _folder_data(cfg, device)
+    if d.name == TEXT_DATASET:
+        return _text_data(cfg, device)
     splits = load_dataset(d.name, d.root, d.subset, seed=cfg.seed)
     augment = (Augment(crop_pad=4 if d.augment else 0, flip=d.augment, resize=d.resize)
                if d.augment or d.resize else None)
@@ -83,3 +93,20 @@ def _folder_data(cfg: Config, device: torch.device) -> Data:
                 probe=[p.to(device) for p in probe],
                 score_batches=lambda n: _take(loader(train, bs, True, cfg.seed + 1), n),
                 num_classes=len(train.classes), in_channels=3, image_size=size)
+
+
+def _text_data(cfg: Config, device: torch.device) -> Data:
+    """Byte sequences of the text corpus; the probe is the first training sequences."""
+    d, bs = cfg.data, cfg.train.batch_size
+    splits = load_text(d.root, d.context, d.val_fraction, d.subset, d.sha256)
+
+    def loader(x: torch.Tensor, y: torch.Tensor, batch: int, train: bool, seed: int) -> SequenceLoader:
+        """A loader over one split's sequences on this run's device."""
+        return SequenceLoader(x, y, batch, train=train, seed=seed, device=device)
+
+    probe = splits.train_x[:d.probe_size].long().split(d.probe_batch)
+    return Data(train=loader(splits.train_x, splits.train_y, bs, True, cfg.seed),
+                test=loader(splits.test_x, splits.test_y, EVAL_BATCH, False, cfg.seed),
+                probe=[p.to(device) for p in probe],
+                score_batches=lambda n: _take(loader(splits.train_x, splits.train_y, bs, True, cfg.seed + 1), n),
+                num_classes=VOCAB, in_channels=1, image_size=splits.context, context=splits.context)

@@ -28,7 +28,7 @@ ERROR_NAME = "error.txt"          # written by sweeps when a run fails
 def default_run_dir(cfg: Config) -> Path:
     """runs/<dataset>-<model>-<method>-<date-time>."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{cfg.data.name}-{cfg.model.name}-{cfg.method.name}-{stamp}"
+    return Path("runs") / f"{cfg.data.name}-{cfg.model.name.replace(':', '-')}-{cfg.method.name}-{stamp}"
 
 
 def check_run_dir(cfg: Config, run_dir: Path, resume: bool) -> Optional[dict]:

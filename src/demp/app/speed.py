@@ -146,7 +146,7 @@ def measure(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], candidat
             ctx = torch.autocast("cpu", dtype=torch.bfloat16) if c[1] == "bf16" else nullcontext()
             t0 = timer()
             with ctx:
-                loss = F.cross_entropy(m(xb).float(), y)
+                loss = F.cross_entropy(m(xb).float().flatten(0, -2), y.flatten())   # (B, T, V) logits too
             params = [p for p in m.parameters() if p.requires_grad]
             torch.autograd.grad(loss, params, allow_unused=True)
             return timer() - t0

@@ -30,7 +30,7 @@ from demp.app.config import Config, config_to_dict
 from demp.app.distributed import NullLog, World, main_only_logging, training_forward
 from demp.app.export import architecture, build_pruned
 from demp.core.persist import save_pruned
-from demp.app.measure import Arch, evaluate, live_units, run_summary
+from demp.app.measure import Arch, CrossEntropy, bits_per_byte, evaluate, live_units, run_summary
 from demp.app.methods import Method, MethodContext, create_method
 from demp.app.models import create_model
 from demp.app.speed import Speed
@@ -66,13 +66,17 @@ def pick_device(name: str) -> torch.device:
 # ----------------------------------------------------------------------------- model and optimizer
 
 def build_model(cfg: Config, data: Data) -> nn.Module:
-    """The configured zoo model for this dataset's classes, channels and image size."""
+    """The configured zoo model for this dataset's classes, channels and image size (text: its
+    vocabulary and context, passed as the ``context`` keyword)."""
     m = cfg.model
+    kwargs = {"context": data.context, **m.kwargs} if data.text else m.kwargs
     try:
         return create_model(m.name, num_classes=data.num_classes, in_channels=data.in_channels,
-                            width=m.width, image_size=data.image_size, **m.kwargs)
+                            width=m.width, image_size=data.image_size, **kwargs)
     except (TypeError, ValueError) as e:
-        raise DempError(f"cannot build model '{m.name}' (width {m.width}, kwargs {m.kwargs}): {e}") from None
+        hint = (" (text data needs a sequence model: relu_lm or hf:<transformers class>)"
+                if data.text and "context" in str(e) else "")
+        raise DempError(f"cannot build model '{m.name}' (width {m.width}, kwargs {m.kwargs}): {e}{hint}") from None
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -131,6 +135,7 @@ class Progress:
     eval_s: float = 0.0
     prune_events: int = 0
     best_acc: Optional[float] = None
+    best_bpb: Optional[float] = None              # text: lowest validation bits per byte so far
     epoch_loss: float = 0.0
     epoch_batches: int = 0
     window_loss: float = 0.0
@@ -196,7 +201,7 @@ class Run:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_factor(cfg, self.total_steps, self.steps_per_epoch))
         self.scaler = self.speed.scaler()
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+        self.criterion = CrossEntropy(label_smoothing=cfg.optim.label_smoothing)
         self.sparsifier = (Sparsifier(self.model, self.optimizer, self.example, self.total_steps,
                                       replace(cfg.sparse, seed=cfg.seed), state=ckpt["sparse"] if ckpt else None)
                            if cfg.sparse.method != "none" else None)
@@ -255,12 +260,16 @@ class Run:
                         loader=self.data.train, progress=asdict(self.state))
 
     def evaluate(self, record: dict) -> None:
-        """Test accuracy and loss, and live units on the probe, into ``record``."""
+        """Test accuracy and loss (text: and bits per byte), and live units on the probe, into ``record``."""
         t = time.perf_counter()
         calibration = self.data.score_batches(self.cfg.data.calib_batches) if self.cfg.train.recalibrate_eval else None
         acc, loss = evaluate(self.model, self.data.test, self.speed.autocast_context, calibration)
         self.state.best_acc = max(acc, self.state.best_acc or 0.0)
-        record.update(test_acc=acc, test_loss=loss, live_units=live_units(self.model, self.data.probe))
+        record.update(test_acc=acc, test_loss=loss)
+        if self.data.text:
+            record["test_bpb"] = bits_per_byte(loss)
+            self.state.best_bpb = min(record["test_bpb"], self.state.best_bpb or math.inf)
+        record["live_units"] = live_units(self.model, self.data.probe)
         self.state.eval_s += time.perf_counter() - t
 
     def log_step(self, lr: float) -> None:
@@ -307,9 +316,10 @@ class Run:
             self.evaluate(record)
         record["wall_s"] = s.wall_s
         self.metrics.write(record, s.step)
-        log.info("epoch %d/%d  train loss %.4f%s  units %d/%d  params %.1f%%  wall %.1fs",
+        log.info("epoch %d/%d  train loss %.4f%s%s  units %d/%d  params %.1f%%  wall %.1fs",
                  s.epoch + 1, cfg.train.epochs, record["train_loss"],
                  f"  test acc {100 * record['test_acc']:.2f}%" if "test_acc" in record else "",
+                 f"  test bpb {record['test_bpb']:.4f}" if "test_bpb" in record else "",
                  self.arch.units, s.initial["units"], 100 * self.arch.params / s.initial["params"], s.wall_s)
         s.epoch += 1
         s.epoch_loss, s.epoch_batches = 0.0, 0

@@ -14,7 +14,8 @@ wall-clock speed-up exists only between paired runs: timed back to back on one m
 process and marked so in their summaries (``PAIRED_KEY``, written by ``mark_paired``); a
 paired speed-up above what the training-FLOPs ratio allows is flagged, not reported.
 
-Accuracies in summaries are fractions in [0, 1].
+Accuracies in summaries are fractions in [0, 1].  Runs on text also carry ``test_bpb`` and
+``best_bpb``, validation bits per byte (lower is better; best is the lowest).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from demp.experiments.spec import PLAN_NAME, StudyRun
 GROUP_COLUMNS = ("dataset", "model", "width")
 COLUMNS = ("run", *GROUP_COLUMNS, "method", "optimizer", "knob", "target", "seed", "test_acc", "best_acc",
            "units_remaining", "params_remaining", "fwd_flops_final", "fwd_flops_remaining", "train_flops", "wall_s",
-           "nonzero_params_remaining", "sparse_fwd_flops_remaining", "timing_group")
+           "nonzero_params_remaining", "sparse_fwd_flops_remaining", "test_bpb", "best_bpb", "timing_group")
 NUMERIC_COLUMNS = tuple(c for c in COLUMNS if c not in ("run", *GROUP_COLUMNS, "method", "optimizer", "knob",
                                                         "target", "seed", "timing_group"))
 """The columns a curve averages over seeds (every figure a plot or a table may use)."""

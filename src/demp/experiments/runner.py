@@ -104,7 +104,8 @@ def describe(run_dir: Path) -> str:
     if state != "done":
         return state
     s = load_summary(run_dir)
-    return (f"test acc {100 * s['test_acc']:.2f}%, units remaining {100 * s['units_remaining']:.1f}%, "
+    bpb = f", bits/byte {s['test_bpb']:.3f}" if s.get("test_bpb") is not None else ""
+    return (f"test acc {100 * s['test_acc']:.2f}%{bpb}, units remaining {100 * s['units_remaining']:.1f}%, "
             f"params remaining {100 * s['params_remaining']:.1f}%, wall {s['wall_s']:.0f} s")
 
 

@@ -57,7 +57,8 @@ def md_table(header: Sequence[str], lines: Iterable[Sequence[str]]) -> list[str]
 # ----------------------------------------------------------------------------- one run
 
 def format_summary(summary: dict) -> str:
-    """The end-of-run table: accuracy, units, parameters, FLOPs before/after, and wall time."""
+    """The end-of-run table: accuracy (text: and bits per byte), units, parameters, FLOPs before/after,
+    and wall time."""
     def row(name: str, before: str, after: str, ratio: str = "") -> str:
         return f"{name:<24}{before:>14}{after:>14}{ratio:>17}"
 
@@ -70,6 +71,8 @@ def format_summary(summary: dict) -> str:
              f"lr {s['lr']}, {s['epochs']} epochs / {s['steps']} steps{knob}",
              row("", "initial", "final", "final/initial"),
              row("test accuracy", "-", f"{100 * s['test_acc']:.2f}%", f"(best {100 * s['best_acc']:.2f}%)"),
+             *([row("validation bits/byte", "-", f"{s['test_bpb']:.4f}", f"(best {s['best_bpb']:.4f})")]
+               if s.get("test_bpb") is not None else []),
              row("units", f"{s['units_initial']:,}", f"{s['units_final']:,}", f"{100 * s['units_remaining']:.1f}%"),
              row("parameters", f"{s['params_initial']:,}", f"{s['params_final']:,}",
                  f"{100 * s['params_remaining']:.1f}%"),
@@ -245,14 +248,22 @@ def _flagged_section(rows: Sequence[Row]) -> list[str]:
     return lines + [""]
 
 
+def _bpb(value: Optional[float]) -> str:
+    """Bits per byte to 3 decimals, n/a when missing."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _runs_section(rows: Sequence[Row]) -> list[str]:
-    """Every run of a group, one line each."""
+    """Every run of a group, one line each (text runs add validation bits per byte)."""
+    bpb = any(r.get("test_bpb") is not None for r in rows)
     lines = ["### Runs", ""]
     lines += md_table(
-        ["run", "method", "optimizer", "knob", "seed", "test acc", "best acc", "units rem.",
+        ["run", "method", "optimizer", "knob", "seed", "test acc", "best acc",
+         *(["val bits/byte", "best bits/byte"] if bpb else []), "units rem.",
          "params rem.", "inference FLOPs", "train FLOPs", "FLOPs ratio", "wall s", "speed-up"],
         [[r["run"], variant(r).name, r["optimizer"] or "", _knob(r["knob"]), _knob(r["seed"]),
-          pct(r["test_acc"], 2), pct(r["best_acc"], 2), pct(r["units_remaining"]),
+          pct(r["test_acc"], 2), pct(r["best_acc"], 2),
+          *([_bpb(r.get("test_bpb")), _bpb(r.get("best_bpb"))] if bpb else []), pct(r["units_remaining"]),
           pct(r["params_remaining"]), si(r["fwd_flops_final"]), si(r["train_flops"]), _speed(r["flops_ratio"]),
           "n/a" if r["wall_s"] is None else f"{r['wall_s']:.0f}",
           _speed_cell(r["speedup"], r["speedup_note"], r["flops_ratio"])]

@@ -113,16 +113,20 @@ class BatchLoader:
             raise ValueError(f"y must have shape ({x_uint8.shape[0]},), got {tuple(y.shape)}")
         if len(mean) != x_uint8.shape[1] or len(std) != x_uint8.shape[1]:
             raise ValueError(f"mean/std need {x_uint8.shape[1]} values (one per channel), got {len(mean)}/{len(std)}")
+        self.mean, self.std, self.augment = tuple(mean), tuple(std), augment
+        self._init_order(x_uint8, y.to(torch.int64), batch_size, train, seed, drop_last, device)
+
+    def _init_order(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, train: bool, seed: int,
+                    drop_last: bool, device: str | torch.device) -> None:
+        """Keep the examples on ``device`` and start the per-epoch order at epoch 0."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if drop_last and batch_size > len(y):
             raise ValueError(f"batch_size {batch_size} > {len(y)} examples with drop_last=True yields no batches")
         self.device = torch.device(device)
-        self.x = x_uint8.to(self.device)  # kept whole on the device: batches never cross the bus
-        self.y = y.to(device=self.device, dtype=torch.int64)
-        self.batch_size = batch_size
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.train, self.augment, self.drop_last = train, augment, drop_last
+        self.x = x.to(self.device)  # kept whole on the device: batches never cross the bus
+        self.y = y.to(self.device)
+        self.batch_size, self.train, self.drop_last = batch_size, train, drop_last
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.position = 0, 0
         self.shard = (0, 1)
@@ -182,6 +186,27 @@ class BatchLoader:
         self.generator.set_state(state["generator"])
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._epoch_state, self._plan = state["generator"].clone(), None
+
+
+class SequenceLoader(BatchLoader):
+    """``BatchLoader``'s order, sharding and resume over byte sequences: yields int64 (B, T)
+    inputs and (B, T) next-byte targets from uint8 (N, T) windows, never augmented."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, train: bool, seed: int = 0,
+                 drop_last: bool = False, device: str | torch.device = "cpu"):
+        """Check the windows and move them to ``device`` once."""
+        if x.dtype != torch.uint8 or x.dim() != 2 or y.shape != x.shape or y.dtype != torch.uint8:
+            raise ValueError(f"x and y must be uint8 (N, T) of one shape, got {x.dtype} {tuple(x.shape)} "
+                             f"and {y.dtype} {tuple(y.shape)}")
+        self.augment = None
+        self._init_order(x, y, batch_size, train, seed, drop_last, device)
+
+    def _batch(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sequences at epoch positions ``start``.. as int64."""
+        order, _, _ = self._epoch_plan()
+        sl = shard_of(torch.arange(start, min(start + self.batch_size, len(self.y))), self.shard)
+        idx = order[sl].to(self.device)
+        return self.x.index_select(0, idx).long(), self.y.index_select(0, idx).long()
 
 
 def probe_batches(splits: Splits, n_images: int, batch_size: int = 512,

@@ -5,6 +5,8 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from .hf import HF_PREFIX, build_hf
+
 Builder = Callable[..., nn.Module]
 
 _REGISTRY: dict[str, Builder] = {}
@@ -35,14 +37,19 @@ def create_model(
     image_size: int = 32,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model and record the call in ``model.demp_spec`` for rebuilding."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    """Build a registered model, or a transformers one named ``hf:<ClassName>`` (``demp.app.models.hf``),
+    and record the call in ``model.demp_spec`` for rebuilding."""
     if width <= 0:
         raise ValueError(f"width must be > 0, got {width}")
-    model = _REGISTRY[name](
-        num_classes=num_classes, in_channels=in_channels, width=width, image_size=image_size, **kwargs
-    )
+    if name.startswith(HF_PREFIX):
+        model = build_hf(name[len(HF_PREFIX):], num_classes=num_classes, width=width, **kwargs)
+    elif name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())} "
+                         f"or {HF_PREFIX}<transformers class>")
+    else:
+        model = _REGISTRY[name](
+            num_classes=num_classes, in_channels=in_channels, width=width, image_size=image_size, **kwargs
+        )
     model.demp_spec = {
         "name": name,
         "num_classes": num_classes,
