@@ -29,7 +29,9 @@ import torch
 import torch.nn as nn
 import yaml
 
+from demp.app.export import build_zoo_model, example_input
 from demp.app.methods.base import Method, register_method
+from demp.app.runfiles import CONFIG_NAME, MODEL_NAME, SUMMARY_NAME
 from demp.core.persist import fresh_like, module_shapes, read_pruned
 from demp.core.utils import eval_mode
 from demp.errors import DempError
@@ -64,7 +66,6 @@ def setting(config: dict[str, Any], key: str) -> Any:
 
 def source_files(path: str | Path) -> tuple[Path, Path]:
     """The finished run folder named by ``path`` (the folder or its model file) and the model file."""
-    from demp.app.rundir import CONFIG_NAME, MODEL_NAME, SUMMARY_NAME   # rundir imports the config, which imports methods
     path = Path(path)
     folder, model = (path.parent, path) if path.is_file() else (path, path / MODEL_NAME)
     if not folder.is_dir():
@@ -143,8 +144,6 @@ class Scratch(Method):
 
     def initial_model(self, model: nn.Module, config: dict[str, Any]) -> nn.Module:
         """A fresh copy of ``model`` at the source's final widths (``model`` itself is not changed)."""
-        from demp.app.export import build_zoo_model, example_input   # export needs no methods; kept lazy as source_files
-        from demp.app.rundir import CONFIG_NAME, SUMMARY_NAME
         folder, model_file = source_files(self.config.widths_from)
         summary = json.loads((folder / SUMMARY_NAME).read_text())
         check_source(folder, read_pruned(model_file), model, config, summary)
