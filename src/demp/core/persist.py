@@ -170,14 +170,16 @@ def fresh_like(path: str | Path, model: nn.Module) -> nn.Module:
     trained from scratch, the baseline a pruning method is compared with.
 
     Structure buffers without a reset (a ``ChannelSelect``'s channel pairs) keep the saved
-    values; a trainable parameter that no ``reset_parameters`` re-draws is refused.
-    Returns ``model`` in train mode.
+    values; a parameter that no ``reset_parameters`` draws is refused.  Returns ``model`` in
+    train mode.
     """
-    trained = _resize_saved(model, read_pruned(path), path)
+    _resize_saved(model, read_pruned(path), path)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))   # every reset must overwrite these
     reset_parameters(model)
-    kept = [n for n, p in model.named_parameters() if p.requires_grad and torch.equal(p.detach().cpu(), trained[n])]
-    if kept:
-        raise DempError(f"cannot initialise {type(model).__name__} afresh: parameters {kept[:5]} keep the "
-                        "trained values of the saved model; give the modules holding them a reset_parameters() "
-                        "that draws them")
+    undrawn = [n for n, p in model.named_parameters() if torch.isnan(p).any()]
+    if undrawn:
+        raise DempError(f"cannot initialise {type(model).__name__} afresh: no reset_parameters() draws "
+                        f"parameters {undrawn[:5]}; give the modules holding them one")
     return model.train()
