@@ -19,6 +19,7 @@ from demp.app.models import create_model
 from demp.app.training import train
 from demp.core.persist import fresh_like, module_shapes, save_pruned
 from demp.core.skip import ChannelSelect
+from demp.experiments.text import format_summary
 from test_training import tiny
 
 ZOO = ("small_cnn", "vgg16_bn", "resnet18", "vit_tiny", "mlp", "mobilenetv2_tiny", "densenet_tiny")
@@ -74,6 +75,8 @@ def test_summary_names_the_source(source, scratch_run):
                                       "fwd_flops_remaining": src["fwd_flops_remaining"]}
     assert json.loads((run_dir / "summary.json").read_text()) == summary
     assert 0 <= summary["test_acc"] <= 1
+    assert (f"widths from {src_dir} (demp, target_units 0.3, seed 0; test accuracy {100 * src['test_acc']:.2f}%)"
+            in format_summary(summary))
 
 
 @pytest.mark.filterwarnings("ignore:scratch trains with another protocol")

@@ -83,6 +83,11 @@ def format_summary(summary: dict) -> str:
                  else "not met" if "met" in s else "")
         lines.append(f"budget: remove {100 * s['target']:.1f}% of {what}; reached {100 * s['reached']:.1f}%"
                      + (f" ({state})" if state else ""))
+    if s.get("widths_from"):
+        w = s["widths_from"]
+        lines.append(f"widths from {w['path']} ({variant(w).name}, {w.get('knob_name') or 'knob'} {w.get('knob')}, "
+                     f"seed {w.get('seed')}; test accuracy {100 * w['test_acc']:.2f}%), trained from scratch; "
+                     "'initial' is the full-width network")
     if s.get("sparse"):
         sp = s["sparse"]
         lines.append(f"sparse: {sp['method']} to density {sp['density']:g} ({sp['distribution']}); non-zero parameters "
