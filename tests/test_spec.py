@@ -175,7 +175,8 @@ def test_scratch_entry_mistakes(tmp_path: Path):
     assert "grid[0] (scratch): needs 'from': the runs whose final widths scratch trains" in error({"method": "scratch"})
     assert "grid[0] (snap).from: method snap does not start from another run" in error(
         {"method": "snap", "target": [0.5], "from": ["x"]})
-    assert "expected run folder names (with {seed} for the run's seed), got 'demp-{sed}'" in error(
+    assert "expected run folder names (with {seed} for the run's seed; quote such a name in a [...] list), " \
+        "got 'demp-{sed}'" in error(
         {"method": "scratch", "from": ["demp-{sed}"]})
     assert "from: must not be empty" in error({"method": "scratch", "from": []})
     assert "method scratch takes no knob" in error({"method": "scratch", "from": ["a"], "target": [0.5]})

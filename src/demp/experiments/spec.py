@@ -17,7 +17,7 @@ x seeds)::
       - {method: dense, optim: [adamw, sgd]}
       - {method: demp, optim: [adamw, sgd], knob: [1e-3, 3e-3, 1e-2]}
       - {method: snap, optim: adamw, target: [0.3, 0.5, 0.7, 0.9], set: {method.rounds: 3}}
-      - {method: scratch, optim: adamw, from: [demp-adamw-1e-3-s{seed}]}
+      - {method: scratch, optim: adamw, from: ["demp-adamw-0.001-s{seed}"]}   # quoted: YAML reads { as a mapping
     seeds: [0]                     # optional; default [0]
     extra_seeds:                   # optional: more seeds where they matter, chosen after the grid
       seeds: [1]
@@ -287,8 +287,8 @@ def parse_sources(raw: dict, method: str, path: Path, where: str) -> tuple[str, 
         except (KeyError, IndexError, ValueError):
             ok = False
         if not ok:
-            raise fail(path, f"{where}.from", f"expected run folder names (with {{seed}} for the run's seed), "
-                       f"got {source!r}")
+            raise fail(path, f"{where}.from", f"expected run folder names (with {{seed}} for the run's seed; "
+                       f"quote such a name in a [...] list), got {source!r}")
     if not sources:
         raise fail(path, f"{where}.from", "must not be empty")
     return sources
