@@ -225,8 +225,8 @@ def test_sparse_training_with_every_method_resumes_exactly(name, tmp_path, monke
     model has its zeros in place."""
     from demp.core.sparsity import nonzero_params
     budget = method_settings(name, demp_run) if name != "scratch" else []
-    cfg = tiny(f"method.name={name}", *method_settings(name, demp_run), "train.checkpoint_every=3", "sparse.method=rigl",
-               "sparse.density=0.3", "sparse.every=2")
+    cfg = tiny(f"method.name={name}", *method_settings(name, demp_run), "train.checkpoint_every=3",
+               "sparse.method=rigl", "sparse.density=0.3", "sparse.every=2")
     reference = train(cfg, out_dir=str(tmp_path / "whole"), progress=False)
     assert reference["sparse"]["method"] == "rigl"
     assert reference["nonzero_params_final"] < 0.6 * reference["params_final"]

@@ -12,8 +12,9 @@ the loop through fixed hooks, called in this order, Lightning-callback style:
 5. ``on_epoch_end(epoch)``, and ``finish()`` after the last step.
 
 Hooks that remove units return a RemovalReport so the loop can log them; ``log_values``
-gives what the loop logs each step and ``summary`` what summary.json adds.  ``MethodConfig`` pairs a method's name with an
-instance of its settings dataclass; the run config keeps them flat under ``method.``.
+gives what the loop logs each step and ``summary`` what summary.json adds.  ``MethodConfig``
+pairs a method's name with an instance of its settings dataclass; the run config keeps them
+flat under ``method.``.
 """
 from __future__ import annotations
 

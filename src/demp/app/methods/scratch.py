@@ -92,8 +92,8 @@ def wider_than(saved: dict[str, dict[str, Any]], full: dict[str, dict[str, Any]]
     """Saved width attributes larger than the full-width model's (pruning only narrows)."""
     def flat(v: Any) -> tuple:
         return tuple(v) if isinstance(v, tuple) else (v,)
-    return [f"{name}.{attr} {value} > {full[name][attr]}" for name, attrs in saved.items() for attr, value in attrs.items()
-            if name in full and attr in full[name]
+    return [f"{name}.{attr} {value} > {full[name][attr]}"
+            for name, attrs in saved.items() for attr, value in attrs.items() if name in full and attr in full[name]
             and any(a > b for a, b in zip(flat(value), flat(full[name][attr])))]
 
 
@@ -158,7 +158,6 @@ class Scratch(Method):
         except (DempError, RuntimeError) as e:
             raise DempError(f"method.widths_from: the widths saved in {folder} do not fit the configured "
                             f"model: {e}") from None
-        fresh.demp_spec = dict(model.demp_spec)
         self.source = {"path": str(folder), **{k: summary.get(k) for k in SOURCE_FIELDS}}
         self.label = config.get("label") or variant_name(summary)
         return fresh
