@@ -50,12 +50,17 @@ def _same(cell: str, expected: Any) -> bool:
     return float(value) == float(expected)
 
 
+REQUIRED = {"scratch": {"widths_from": "runs/source"}}
+"""Settings a method cannot run without (their default is null; the docs say they are required)."""
+
+
 def _method_defaults(name: str) -> dict[str, Any]:
     """``{key: default}`` of a method's settings as ``demp train --set method.name=NAME`` gives them."""
-    cfg = flat_config(load_config(None, [f"method.name={name}"]))
+    required = REQUIRED.get(name, {})
+    cfg = flat_config(load_config(None, [f"method.name={name}", *(f"method.{k}={v}" for k, v in required.items())]))
     keys = setting_keys(METHODS[name])
     aliases = METHODS[name].aliases
-    return {k: cfg[f"method.{aliases.get(k, k)}"] for k in keys}
+    return {k: None if k in required else cfg[f"method.{aliases.get(k, k)}"] for k in keys}
 
 
 def test_cli_md_lists_every_config_key_with_its_default():

@@ -110,3 +110,35 @@ def test_tiny_study_runs_resumes_and_reports(tmp_path: Path, capsys):
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").is_file() and "3 plots" in capsys.readouterr().out
 
+
+
+def test_scratch_runs_after_its_source_and_waits_for_one_not_done(tmp_path: Path, capsys):
+    """A scratch entry listed first runs after its source; one whose source failed or is not in
+    the folder waits (not failed), says for what, and runs at a later sweep once the source is done."""
+    path = write_sweep(tmp_path, grid=[
+        {"method": "scratch", "from": ["snap-adamw-0.5-s{seed}", "demp-adamw-0.3-s0"]},
+        {"method": "snap", "target": [0.5]},
+        {"method": "demp", "knob": [0.3], "set": {"model.kwargs.bogus": 1}}])   # fails to build
+    out = tmp_path / "out"
+    run_sweep(path, out=str(out), dry_run=True)
+    planned = capsys.readouterr().out
+    assert planned.index("snap-adamw-0.5-s0 ") < planned.index("scratch-adamw-snap-adamw-0.5-s0 ")
+    assert "scratch-adamw-snap-adamw-0.5-s0      new  (after snap-adamw-0.5-s0)" in planned
+
+    lines = []
+    outcomes = {o.name: o for o in run_sweep(path, out=str(out), log=lines.append)}
+    def logged(name: str) -> int:
+        return next(i for i, line in enumerate(lines) if f"] {name} (" in line)
+    assert logged("snap-adamw-0.5-s0") < logged("scratch-adamw-snap-adamw-0.5-s0")
+    assert outcomes["scratch-adamw-snap-adamw-0.5-s0"].status == "done"
+    summary = json.loads((out / "scratch-adamw-snap-adamw-0.5-s0" / "summary.json").read_text())
+    assert summary["widths_from"]["path"] == str(out / "snap-adamw-0.5-s0") and summary["knob"] == 0.5
+    waiting = outcomes["scratch-adamw-demp-adamw-0.3-s0"]
+    assert (waiting.status, waiting.message) == ("waiting", "waits for demp-adamw-0.3-s0 (failed)")
+    assert not (out / waiting.name).exists()
+    assert "1 failed (demp-adamw-0.3-s0), 1 waiting for their source (scratch-adamw-demp-adamw-0.3-s0)" in lines[-2]
+
+    (out / "demp-adamw-0.3-s0").rename(out / "failed")   # stands for the source finished elsewhere
+    (out / "snap-adamw-0.5-s0").rename(out / "demp-adamw-0.3-s0")
+    again = {o.name: o.status for o in run_sweep(path, out=str(out), log=lambda _: None)}
+    assert again["scratch-adamw-demp-adamw-0.3-s0"] == "done"

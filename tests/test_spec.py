@@ -142,3 +142,42 @@ def test_study_plan_names_and_override_layers(tmp_path: Path):
                                                                       "all": {"method.noise_mode": "all"}}))
     assert [(r.name, r.x) for r in plan_study(labelled)] == [("none-s0", None), ("all-s0", None)]
 
+
+
+def test_scratch_entries_name_their_sources_and_come_after_them(tmp_path: Path):
+    """``from`` names the runs whose widths scratch trains ('{seed}': the run's seed); a scratch
+    run is planned just after its source, wherever its entry is."""
+    sweep = load_sweep(write_sweep(tmp_path, grid=[
+        {"method": "scratch", "from": ["demp-adamw-t0.5-s{seed}", "snap-adamw-0.5-s0"]},
+        {"method": "dense"},
+        {"method": "demp", "target": [0.5]},
+        {"method": "snap", "target": [0.5]},
+        {"method": "scratch", "optim": "sgd", "from": "demp-adamw-t0.5-s{seed}", "variant": "sgd-widths"}],
+        seeds=[0, 1]))
+    names = [r.name for r in plan_runs(sweep)]
+    assert names == ["dense-adamw-s0", "dense-adamw-s1",
+                     "demp-adamw-t0.5-s0", "scratch-adamw-demp-adamw-t0.5-s0",
+                     "demp-adamw-t0.5-s1", "scratch-adamw-demp-adamw-t0.5-s1",
+                     "snap-adamw-0.5-s0", "scratch-adamw-snap-adamw-0.5-s0", "scratch-adamw-snap-adamw-0.5-s0-s1",
+                     "snap-adamw-0.5-s1",
+                     "scratch-sgd-sgd-widths-demp-adamw-t0.5-s0", "scratch-sgd-sgd-widths-demp-adamw-t0.5-s1"]
+    runs = {r.name: r for r in plan_runs(sweep)}
+    cfg = run_config(sweep, runs["scratch-adamw-snap-adamw-0.5-s0-s1"], tmp_path / "out" / "x")
+    assert (cfg.method.name, cfg.seed) == ("scratch", 1)
+    assert cfg.method.widths_from == str(tmp_path / "out" / "snap-adamw-0.5-s0")
+    assert run_config(sweep, runs["scratch-sgd-sgd-widths-demp-adamw-t0.5-s1"]).label == "sgd-widths"
+
+
+def test_scratch_entry_mistakes(tmp_path: Path):
+    def error(*grid) -> str:
+        with pytest.raises(DempError) as e:
+            load_sweep(write_sweep(tmp_path, grid=list(grid)))
+        return str(e.value)
+    assert "grid[0] (scratch): needs 'from': the runs whose final widths scratch trains" in error({"method": "scratch"})
+    assert "grid[0] (snap).from: method snap does not start from another run" in error(
+        {"method": "snap", "target": [0.5], "from": ["x"]})
+    assert "expected run folder names (with {seed} for the run's seed; quote such a name in a [...] list), " \
+        "got 'demp-{sed}'" in error(
+        {"method": "scratch", "from": ["demp-{sed}"]})
+    assert "from: must not be empty" in error({"method": "scratch", "from": []})
+    assert "method scratch takes no knob" in error({"method": "scratch", "from": ["a"], "target": [0.5]})

@@ -161,6 +161,14 @@ def test_imagefolder_data(tmp_path):
     assert summary["steps"] == 3 and 0 <= summary["test_acc"] <= 1
 
 
+def method_settings(name: str, demp_run) -> list[str]:
+    """Overrides that make method ``name`` train in a tiny run: a budget for the pruning methods,
+    the finished DemP run as the source of scratch's widths."""
+    if name == "scratch":
+        return [f"method.widths_from={demp_run[0]}"]
+    return ["method.target=0.3"] if "target" in setting_keys(method_class(name)) else []   # count has none
+
+
 def killed_and_resumed(cfg, out, monkeypatch, at: int = 11) -> dict:
     """Train ``cfg`` into ``out``, interrupted at step ``at`` (after the checkpoint at step 9, in
     the second epoch), then resume it to the end; the resumed run's summary."""
@@ -180,10 +188,9 @@ def killed_and_resumed(cfg, out, monkeypatch, at: int = 11) -> dict:
 
 @pytest.mark.filterwarnings("ignore:.*early trigger never fired")
 @pytest.mark.parametrize("name", available_methods())
-def test_every_method_trains_and_resumes_exactly(name, tmp_path, monkeypatch):
+def test_every_method_trains_and_resumes_exactly(name, tmp_path, monkeypatch, demp_run):
     """Interrupt each registered method after a mid-epoch checkpoint; the resumed run ends identical."""
-    budget = ["method.target=0.3"] if "target" in setting_keys(method_class(name)) else []  # count has none
-    cfg = tiny(f"method.name={name}", *budget, "train.checkpoint_every=3")
+    cfg = tiny(f"method.name={name}", *method_settings(name, demp_run), "train.checkpoint_every=3")
     reference = train(cfg, out_dir=str(tmp_path / "whole"), progress=False)
     assert reference["units_final"] <= reference["units_initial"]
 
@@ -212,14 +219,14 @@ def test_a_budget_run_reports_target_and_reached(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:.*early trigger never fired")
 @pytest.mark.parametrize("name", available_methods())
-def test_sparse_training_with_every_method_resumes_exactly(name, tmp_path, monkeypatch):
+def test_sparse_training_with_every_method_resumes_exactly(name, tmp_path, monkeypatch, demp_run):
     """RigL next to a structured method: masks hold to the end and through removal, the summary
     counts non-zero parameters and sparse FLOPs, a killed run resumes bit-identical, and the exported
     model has its zeros in place."""
     from demp.core.sparsity import nonzero_params
-    budget = ["method.target=0.3"] if "target" in setting_keys(method_class(name)) else []
-    cfg = tiny(f"method.name={name}", *budget, "train.checkpoint_every=3", "sparse.method=rigl",
-               "sparse.density=0.3", "sparse.every=2")
+    budget = method_settings(name, demp_run) if name != "scratch" else []
+    cfg = tiny(f"method.name={name}", *method_settings(name, demp_run), "train.checkpoint_every=3",
+               "sparse.method=rigl", "sparse.density=0.3", "sparse.every=2")
     reference = train(cfg, out_dir=str(tmp_path / "whole"), progress=False)
     assert reference["sparse"]["method"] == "rigl"
     assert reference["nonzero_params_final"] < 0.6 * reference["params_final"]

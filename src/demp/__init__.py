@@ -25,6 +25,7 @@ _PUBLIC = {
     "UnitScan": "demp.core.detection",
     "count_params": "demp.core.utils",
     "find_dead_units": "demp.core.detection",
+    "fresh_like": "demp.core.persist",
     "list_sites": "demp.core.detection",
     "load_pruned": "demp.core.persist",
     "remove_units": "demp.core.surgery",

@@ -1,7 +1,6 @@
-"""A run folder: its file names, checking it before a run starts or resumes, and metrics.jsonl.
+"""A run folder: checking it before a run starts or resumes, and metrics.jsonl.
 
-One place names every file of a run folder, for the training loop, the CLI, sweeps and
-reports alike.
+Its file names are in ``demp.app.runfiles`` (re-exported here).
 """
 from __future__ import annotations
 
@@ -15,14 +14,9 @@ import yaml
 from demp.app.checkpoint import load_checkpoint
 from demp.core.atomic import atomic_write_text, remove_stale_temps
 from demp.app.config import Config, config_diff, config_from_dict, config_to_dict, flat_config
+from demp.app.runfiles import (CHECKPOINT_NAME, CONFIG_NAME, ERROR_NAME, METRICS_NAME,  # noqa: F401 (re-exported)
+                               MODEL_NAME, SUMMARY_NAME)
 from demp.errors import DempError
-
-CONFIG_NAME = "config.yaml"
-METRICS_NAME = "metrics.jsonl"
-SUMMARY_NAME = "summary.json"
-MODEL_NAME = "model.pt"
-CHECKPOINT_NAME = "checkpoint.pt"
-ERROR_NAME = "error.txt"          # written by sweeps when a run fails
 
 
 def default_run_dir(cfg: Config) -> Path:

@@ -172,9 +172,10 @@ class Run:
         self.steps_per_epoch = len(self.data.train)
         self.total_steps = min(cfg.train.epochs * self.steps_per_epoch, cfg.train.max_steps or math.inf)
         self.example = self.data.probe[0][:2]
-        self._build(ckpt)
+        reference = self._build(ckpt)
         self.arch = Arch.measure(self.model, self.example)
-        self.state = (Progress(initial=asdict(self.arch), speed=self.speed.record()) if ckpt is None
+        initial = self.arch if reference is None else Arch.measure(reference, self.example)
+        self.state = (Progress(initial=asdict(initial), speed=self.speed.record()) if ckpt is None
                       else Progress(**ckpt["progress"]))
         if ckpt is not None:
             set_rng_state(ckpt["rng"])
@@ -186,13 +187,21 @@ class Run:
         self.bar = tqdm(total=self.total_steps, initial=self.state.step, disable=not (show_bar and world.main),
                         unit="step", dynamic_ncols=True)
 
-    def _build(self, ckpt: Optional[dict]) -> None:
+    def _build(self, ckpt: Optional[dict]) -> Optional[nn.Module]:
         """Model, optimizer, LR schedule, scaler and method; from the checkpoint when resuming.
 
-        The method's hooks run in a fixed order: setup, then (resuming) load_state_dict.
+        The method's hooks run in a fixed order: (new run) initial_model, setup, then (resuming)
+        load_state_dict.  Returns the configured model when the method trains another one
+        instead (the reference of the fractions remaining), else None.
         """
         cfg = self.cfg
-        model = build_pruned(ckpt["architecture"], ckpt["model"]) if ckpt else build_model(cfg, self.data)
+        self.method = create_method(cfg.method)
+        if ckpt:
+            model, reference = build_pruned(ckpt["architecture"], ckpt["model"]), None
+        else:
+            reference = build_model(cfg, self.data)
+            model = self.method.initial_model(reference, config_to_dict(cfg))
+            reference = reference.to(self.device) if model is not reference else None
         model = model.to(self.device)
         saved = ckpt["progress"].get("speed") if ckpt else None
         self.speed = Speed.from_record(saved) if saved else self._choose_speed(model)
@@ -205,7 +214,6 @@ class Run:
         self.sparsifier = (Sparsifier(self.model, self.optimizer, self.example, self.total_steps,
                                       replace(cfg.sparse, seed=cfg.seed), state=ckpt["sparse"] if ckpt else None)
                            if cfg.sparse.method != "none" else None)
-        self.method = create_method(cfg.method)
         self.method.setup(MethodContext(
             model=self.model, optimizer=self.optimizer, example_inputs=self.example, probe=self.data.probe,
             total_steps=self.total_steps, train_batches=self.data.score_batches, loss_fn=self.criterion,
@@ -218,6 +226,7 @@ class Run:
             self.method.load_state_dict(ckpt["method"])
             self.data.train.load_state_dict(ckpt["loader"])
         self.forward = training_forward(self.model, self.world, cfg.train.compile)
+        return reference
 
     def _choose_speed(self, model: nn.Module) -> Speed:
         """The training format: configured, or measured on one augmented training batch."""
@@ -341,13 +350,13 @@ class Run:
         c = self.cfg
         about = {"steps": self.total_steps, "epochs": c.train.epochs,
                  "method": c.method.name, "label": c.label,
-                 "knob": self.method.knob_value(), "knob_name": self._knob_name(), **self._budget_summary(a),
+                 "knob": self.method.knob_value(), "knob_name": self.method.knob_name(), **self._budget_summary(a),
                  "optimizer": c.optim.name, "lr": c.optim.lr,
                  "seed": c.seed, "model": c.model.name, "width": c.model.width, "dataset": c.data.name,
                  "batch_size": c.train.batch_size, "world_size": self.world.size,
                  "global_batch": c.train.batch_size, "speed": self.speed.record(),
                  "bn_statistics": statistics, **self._sparse_summary(), "collapsed": collapsed,
-                 "run_dir": str(self.run_dir)}
+                 "run_dir": str(self.run_dir), **self.method.summary()}
         summary = self.world.same(run_summary(s.initial, a, final, asdict(s), about))   # rank 0's, written
         if self.world.main:
             atomic_write_json(self.run_dir / SUMMARY_NAME, summary)
@@ -389,13 +398,6 @@ class Run:
             out["sparse"] = {**asdict(self.sparsifier.config),
                              "layer_density": {n: self.sparsifier.density_of(n) for n in self.sparsifier.layers}}
         return out
-
-    def _knob_name(self) -> Optional[str]:
-        """The setting ``knob`` holds (a sweep varies it): reg_peak, target_units, target..."""
-        c = self.method.config
-        if self.method.knob is None:
-            return None
-        return next((n for n in ("target_units", "target_flops") if getattr(c, n, None) is not None), self.method.knob)
 
     def _budget_summary(self, arch: Arch) -> dict[str, Any]:
         """target (fraction removed), its measure, what was reached, and whether it was met."""

@@ -131,7 +131,6 @@ def load_pruned(path: str | Path, model: Optional[nn.Module] = None, map_locatio
     (``demp.app.export.load_run_model`` does that for demp's zoo models).
     """
     payload = read_pruned(path)
-    tensors = {**payload["state_dict"], **payload.get("buffers", {})}
     saved_class, spec = payload.get("class"), payload.get("spec")
     if model is None:
         if spec is None or build is None:
@@ -139,10 +138,49 @@ def load_pruned(path: str | Path, model: Optional[nn.Module] = None, map_locatio
                     if spec is not None else f"pass a freshly built one: load_pruned(path, model={saved_class}(...))")
             raise DempError(f"{path} holds a {saved_class}; {hint}")
         model = build(dict(spec))
-    elif saved_class is not None and type(model).__qualname__ != saved_class:
-        raise DempError(f"{path} holds a {saved_class}, but model= is a {type(model).__qualname__}; "
-                        f"pass a freshly built {saved_class}")
-    resize_like(model, payload["modules"], tensors)
+    _resize_saved(model, payload, path)
     if spec is not None:
         model.demp_spec = dict(spec)
     return model.to(map_location).eval()
+
+
+def _resize_saved(model: nn.Module, payload: dict[str, Any], path: str | Path) -> dict[str, torch.Tensor]:
+    """Resize ``model`` (of the saved class) to the payload's widths and load its tensors; returns them."""
+    saved_class = payload.get("class")
+    if saved_class is not None and type(model).__qualname__ != saved_class:
+        raise DempError(f"{path} holds a {saved_class}, but model= is a {type(model).__qualname__}; "
+                        f"pass a freshly built {saved_class}")
+    tensors = {**payload["state_dict"], **payload.get("buffers", {})}
+    resize_like(model, payload["modules"], tensors)
+    return tensors
+
+
+def reset_parameters(model: nn.Module) -> None:
+    """Draw every parameter afresh: each module's ``reset_parameters()`` (``_reset_parameters``
+    for attention), descendants before ancestors, so a model's own rule (a zoo model's init)
+    runs last.  BatchNorm running statistics are reset with the norm's parameters."""
+    for module in reversed(list(model.modules())):
+        reset = getattr(module, "reset_parameters", None) or getattr(module, "_reset_parameters", None)
+        if callable(reset):
+            reset()
+
+
+def fresh_like(path: str | Path, model: nn.Module) -> nn.Module:
+    """``model`` (a freshly built full-width instance of the saved class) shrunk to the widths
+    ``save_pruned`` wrote at ``path`` and freshly initialised there: the same pruned architecture
+    trained from scratch, the baseline a pruning method is compared with.
+
+    Structure buffers without a reset (a ``ChannelSelect``'s channel pairs) keep the saved
+    values; a parameter that no ``reset_parameters`` draws is refused.  Returns ``model`` in
+    train mode.
+    """
+    _resize_saved(model, read_pruned(path), path)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))   # every reset must overwrite these
+    reset_parameters(model)
+    undrawn = [n for n, p in model.named_parameters() if torch.isnan(p).any()]
+    if undrawn:
+        raise DempError(f"cannot initialise {type(model).__name__} afresh: no reset_parameters() draws "
+                        f"parameters {undrawn[:5]}; give the modules holding them one")
+    return model.train()

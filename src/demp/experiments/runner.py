@@ -7,7 +7,10 @@ plans and builds them).  ``run_jobs`` makes the jobs not finished yet into ``fol
 finished runs (summary.json) are skipped; a run that failed earlier (error.txt) is skipped
 unless ``retry_failed`` (``--retry-failed``); an interrupted run resumes from its checkpoint.
 A failing run writes its traceback to error.txt and the others go on.  With ``workers`` N > 1
-every run is a fresh process using ``cpu_count // N`` torch threads.
+every run is a fresh process using ``cpu_count // N`` torch threads.  A job ``after`` other
+runs (a scratch run, after the run whose widths it trains) starts only once they are done;
+until then it is reported as waiting (not failed) and tried again when the other jobs have
+run, or at the next ``demp sweep`` of the same folder.
 
 ``run_sweep`` runs a sweep's grid, then its extra seeds (``plan_extra_seeds``: chosen from the
 finished grid runs), and ``demp.experiments.render.report`` aggregates the sweep folder
@@ -46,7 +49,7 @@ Log = Callable[[str], None]
 class Outcome:
     """What happened to one planned run."""
     name: str
-    status: str                 # done | skipped | failed
+    status: str                 # done | skipped | failed | waiting
     seconds: float = 0.0
     message: str = ""
 
@@ -56,6 +59,7 @@ class Job:
     """A run to make: its folder name and its config for a given folder."""
     name: str
     config: Callable[[Path], Config]
+    after: tuple[str, ...] = ()     # runs in the same folder that must be done before this one starts
 
 
 def run_state(run_dir: Path) -> str:
@@ -109,10 +113,16 @@ def describe(run_dir: Path) -> str:
             f"params remaining {100 * s['params_remaining']:.1f}%, wall {s['wall_s']:.0f} s")
 
 
+def waiting_for(job: Job, folder: Path) -> list[str]:
+    """The runs ``job`` comes after that are not done yet, each with its state."""
+    return [f"{name} ({run_state(folder / name)})" for name in job.after if run_state(folder / name) != "done"]
+
+
 def run_jobs(jobs: Sequence[Job], folder: Path, workers: int = 1, retry_failed: bool = False,
              log: Log = print, describe: Callable[[Path], str] = describe) -> list[Outcome]:
     """Run the jobs not finished yet into ``folder/<name>``, sequentially or in ``workers`` processes;
-    ``describe(run_dir)`` is the line logged after each run."""
+    ``describe(run_dir)`` is the line logged after each run.  A job whose ``after`` runs are not
+    done when its turn comes waits; waiting jobs are tried again while others finish."""
     todo, outcomes = [], []
     for job in jobs:
         state = run_state(folder / job.name)
@@ -123,23 +133,35 @@ def run_jobs(jobs: Sequence[Job], folder: Path, workers: int = 1, retry_failed: 
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     launch = _in_child if workers > 1 else execute_run
     counter = iter(range(1, len(todo) + 1))
+    total = len(todo)
 
     def one(job: Job) -> Outcome:
         run_dir = folder / job.name
+        waits = waiting_for(job, folder)
+        if waits:
+            return Outcome(job.name, "waiting", message=f"waits for {', '.join(waits)}")
         cfg = job.config(run_dir)
         start = time.perf_counter()
         launch(config_to_dict(cfg), str(run_dir), threads)
         seconds = time.perf_counter() - start
         outcome = Outcome(job.name, "done" if run_state(run_dir) == "done" else "failed", seconds,
                           describe(run_dir))
-        log(f"[{next(counter)}/{len(todo)}] {job.name} ({seconds:.0f} s): {outcome.message}")
+        log(f"[{next(counter)}/{total}] {job.name} ({seconds:.0f} s): {outcome.message}")
         return outcome
 
-    if workers > 1:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            outcomes += list(pool.map(one, todo))
-    else:
-        outcomes += [one(job) for job in todo]
+    while todo:
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                results = list(pool.map(one, todo))
+        else:
+            results = [one(job) for job in todo]
+        outcomes += [o for o in results if o.status != "waiting"]
+        waiting = [o for o in results if o.status == "waiting"]
+        if len(waiting) == len(todo):   # nothing ran: what they wait for will not finish in this call
+            for o in waiting:
+                log(f"{o.name}: {o.message}")
+            return outcomes + waiting
+        todo = [job for job, o in zip(todo, results) if o.status == "waiting"]
     return outcomes
 
 
@@ -152,9 +174,11 @@ def _check_workers(workers: int) -> None:
 def _log_totals(outcomes: Sequence[Outcome], log: Log) -> None:
     """The closing line: runs done, skipped and failed (named)."""
     failed = [o.name for o in outcomes if o.status == "failed"]
+    waiting = [o.name for o in outcomes if o.status == "waiting"]
     log(f"{sum(o.status == 'done' for o in outcomes)} runs done, "
         f"{sum(o.status == 'skipped' for o in outcomes)} skipped, {len(failed)} failed"
-        + (f" ({', '.join(failed)})" if failed else ""))
+        + (f" ({', '.join(failed)})" if failed else "")
+        + (f", {len(waiting)} waiting for their source ({', '.join(waiting)})" if waiting else ""))
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -162,7 +186,7 @@ def _log_totals(outcomes: Sequence[Outcome], log: Log) -> None:
 def run_many(sweep: Sweep, runs: Sequence[PlannedRun], sweep_dir: Path, workers: int = 1,
              retry_failed: bool = False, log: Log = print) -> list[Outcome]:
     """Run the planned runs not finished yet, sequentially or in ``workers`` processes."""
-    jobs = [Job(run.name, partial(run_config, sweep, run)) for run in runs]
+    jobs = [Job(run.name, partial(run_config, sweep, run), (run.source,) if run.source else ()) for run in runs]
     return run_jobs(jobs, sweep_dir, workers, retry_failed, log)
 
 
@@ -182,7 +206,7 @@ def plan_extra_seeds(sweep: Sweep, sweep_dir: Path) -> tuple[list[PlannedRun], l
     base_runs = plan_runs(sweep)
     for i, entry in enumerate(sweep.grid):
         for optim in entry.optims:
-            if not extra.covers(entry, optim):
+            if entry.sources or not extra.covers(entry, optim):   # scratch: seeds of its own (docs of spec)
                 continue
             if entry.method == "dense":
                 chosen[(i, optim, None)] = None
@@ -204,6 +228,14 @@ def plan_extra_seeds(sweep: Sweep, sweep_dir: Path) -> tuple[list[PlannedRun], l
     return runs, notes
 
 
+def after_note(run: PlannedRun, planned: Sequence[PlannedRun], sweep_dir: Path) -> str:
+    """For a run with a source not done yet: what it waits for (and a hint if nothing plans it)."""
+    if run.source is None or run_state(sweep_dir / run.source) == "done":
+        return ""
+    known = any(r.name == run.source for r in planned)
+    return f"  (after {run.source}{'' if known else ': not planned by this sweep nor done in its folder'})"
+
+
 def describe_plan(sweep: Sweep, sweep_dir: Path) -> list[str]:
     """One line per planned run with its state, then the extra-seed plan."""
     lines = [f"sweep {sweep.name} -> {sweep_dir}"]
@@ -211,7 +243,7 @@ def describe_plan(sweep: Sweep, sweep_dir: Path) -> list[str]:
     extra, notes = plan_extra_seeds(sweep, sweep_dir)
     for label, group in (("grid", runs), ("extra seeds", extra)):
         lines.append(f"{label}: {len(group)} runs")
-        lines += [f"  {r.name:<36} {run_state(sweep_dir / r.name)}" for r in group]
+        lines += [f"  {r.name:<36} {run_state(sweep_dir / r.name)}{after_note(r, runs, sweep_dir)}" for r in group]
     if sweep.extra_seeds is not None:
         e = sweep.extra_seeds
         lines.append(f"extra seeds {list(e.seeds)} at the knobs nearest to "

@@ -17,6 +17,7 @@ x seeds)::
       - {method: dense, optim: [adamw, sgd]}
       - {method: demp, optim: [adamw, sgd], knob: [1e-3, 3e-3, 1e-2]}
       - {method: snap, optim: adamw, target: [0.3, 0.5, 0.7, 0.9], set: {method.rounds: 3}}
+      - {method: scratch, optim: adamw, from: ["demp-adamw-0.001-s{seed}"]}   # quoted: YAML reads { as a mapping
     seeds: [0]                     # optional; default [0]
     extra_seeds:                   # optional: more seeds where they matter, chosen after the grid
       seeds: [1]
@@ -31,7 +32,10 @@ of ``knob``; for demp ``target`` gives its units budget and ``target_flops`` its
 both fractions removed), ``set`` (overrides for this entry only), ``variant`` (a name for an
 entry that differs from another by ``set``, e.g. an ablation; it goes into the run names and,
 as ``label``, into the reports) and ``seeds`` (this entry's seeds instead of the sweep's: an
-entry of second seeds placed where its priority is).  Sweep-wide ``method.*`` settings apply to the methods that have them.
+entry of second seeds placed where its priority is) and, for ``scratch``, ``from`` (a list of
+the runs whose final widths it trains, folder names relative to the sweep folder; ``{seed}``
+in a name stands for the run's seed, so ``demp-adamw-t0.5-s{seed}`` pairs each seed with the
+source of the same seed).  Sweep-wide ``method.*`` settings apply to the methods that have them.
 
 Overrides apply in this order: base file (or the optimizer's file), method.name (another
 method than the base file's starts from its own defaults), ``set``, the optimizer's
@@ -41,9 +45,13 @@ overrides, the entry's ``set``, then the knob, seed and out.
 fraction of units removed (over ``seeds``) is nearest to each value of ``near_units_removed``
 is run again with each extra seed, and every dense entry is run with the extra seeds too (so
 speed-ups compare runs of the same seed); ``demp.experiments.runner.plan_extra_seeds`` chooses them.
+Scratch entries get none (give them ``seeds``, and ``{seed}`` in ``from``).
 
 Each run gets the folder ``{method}-{optim}-{knob}-s{seed}`` (``dense-{optim}-s{seed}``) under
-the sweep folder; how runs are made, resumed and reported: ``demp.experiments.runner``.
+the sweep folder; a scratch run ``scratch-{optim}-{source}``, with ``-s{seed}`` added unless the
+source's name ends with it (``scratch-adamw-demp-adamw-t0.5-s0``).  A run with a source comes
+after it in the plan; how runs are made, resumed, made to wait for their source and reported:
+``demp.experiments.runner``.
 
 Study file (``demp study STUDY.yaml``: how hyper-parameters make ReLU units die; a grid of
 short runs with the ``count`` method, which counts dead, quasi-dead and revived units without
@@ -85,7 +93,8 @@ from demp.app.methods.base import method_class, setting_keys
 from demp.errors import DempError
 
 SWEEP_KEYS = ("name", "out", "base", "set", "optims", "grid", "seeds", "extra_seeds")
-ENTRY_KEYS = ("method", "optim", "knob", "reg_peak", "target", "target_flops", "set", "variant", "seeds")
+ENTRY_KEYS = ("method", "optim", "knob", "reg_peak", "target", "target_flops", "set", "variant", "seeds", "from")
+SOURCE_SETTING = "widths_from"   # the method setting a grid entry's ``from`` fills (scratch)
 KNOB_TAGS = {"target": "t", "target_flops": "f"}
 """Run-name tags of knobs other than the method's own (DemP's units and FLOPs budgets)."""
 EXTRA_KEYS = ("seeds", "near_units_removed")
@@ -217,6 +226,7 @@ class GridEntry:
     knob_key: Optional[str] = None              # the method setting the knob values go to
     variant: str = ""                           # a name for runs that differ by ``set`` (ablations)
     seeds: Optional[tuple[int, ...]] = None     # this entry's seeds (None: the sweep's)
+    sources: tuple[str, ...] = ()               # scratch: runs whose widths it trains ('{seed}': the run's)
 
 
 @dataclass
@@ -256,6 +266,32 @@ class PlannedRun:
     optim: str
     knob: Optional[float]
     seed: int
+    source: Optional[str] = None                # the run it starts from, relative to the sweep folder
+
+
+def parse_sources(raw: dict, method: str, path: Path, where: str) -> tuple[str, ...]:
+    """The entry's ``from``: required by methods that start from another run (scratch), refused
+    by the others; each a run folder name in which ``{seed}`` may stand for the run's seed."""
+    takes = SOURCE_SETTING in setting_keys(method_class(method))
+    if "from" not in raw:
+        if takes:
+            raise fail(path, where, f"needs 'from': the runs whose final widths {method} trains, e.g. "
+                       "from: [demp-adamw-t0.5-s{seed}]")
+        return ()
+    if not takes:
+        raise fail(path, f"{where}.from", f"method {method} does not start from another run; 'from' is for scratch")
+    sources = tuple(as_list(raw["from"]))
+    for source in sources:
+        try:
+            ok = isinstance(source, str) and bool(source.strip()) and bool(source.format(seed=0))
+        except (KeyError, IndexError, ValueError):
+            ok = False
+        if not ok:
+            raise fail(path, f"{where}.from", f"expected run folder names (with {{seed}} for the run's seed; "
+                       f"quote such a name in a [...] list), got {source!r}")
+    if not sources:
+        raise fail(path, f"{where}.from", "must not be empty")
+    return sources
 
 
 def parse_entry(raw: Any, i: int, path: Path) -> GridEntry:
@@ -288,7 +324,8 @@ def parse_entry(raw: Any, i: int, path: Path) -> GridEntry:
     if variant and not variant.replace("-", "").isalnum():
         raise fail(path, f"{where}.variant", f"use letters, digits and '-', got {variant!r}")
     seeds = numbers(raw["seeds"], path, f"{where}.seeds", int) if "seeds" in raw else None
-    return GridEntry(method, optims, knobs, overrides(raw.get("set"), path, f"{where}.set"), key, variant, seeds)
+    return GridEntry(method, optims, knobs, overrides(raw.get("set"), path, f"{where}.set"), key, variant, seeds,
+                     parse_sources(raw, method, path, where))
 
 
 def parse_extra_seeds(raw: Any, path: Path) -> ExtraSeeds:
@@ -335,36 +372,66 @@ def load_sweep(path: str | Path) -> Sweep:
     return sweep
 
 
-def run_name(method: str, optim: str, knob: Optional[float], seed: int, tag: str = "", variant: str = "") -> str:
-    """The run's folder name: {method}-{optim}-{tag}{knob}[-{variant}]-s{seed} (no knob for dense).
+def run_name(method: str, optim: str, knob: Optional[float], seed: int, tag: str = "", variant: str = "",
+             source: Optional[str] = None) -> str:
+    """The run's folder name: {method}-{optim}-{tag}{knob}[-{variant}]-s{seed} (no knob for dense);
+    with a source, {method}-{optim}[-{variant}]-{source}, then -s{seed} unless the source ends with it.
 
     ``tag`` is 't' when a knob other than the method's own is varied (DemP's ``target``).
     """
+    if source is not None:
+        origin = Path(source).name
+        return "-".join([method, optim, *([variant] if variant else []), origin,
+                         *([] if origin.endswith(f"-s{seed}") else [f"s{seed}"])])
     return "-".join([method, optim, *([f"{tag}{knob:g}"] if knob is not None else []),
                      *([variant] if variant else []), f"s{seed}"])
 
 
-def planned_run(entry: GridEntry, optim: str, knob: Optional[float], seed: int) -> PlannedRun:
-    """The run of a grid entry for one optimizer, knob and seed, named by ``run_name``."""
+def planned_run(entry: GridEntry, optim: str, knob: Optional[float], seed: int,
+                source: Optional[str] = None) -> PlannedRun:
+    """The run of a grid entry for one optimizer, knob, seed and source (its ``{seed}`` filled in),
+    named by ``run_name``."""
     tag = KNOB_TAGS.get(entry.knob_key, "") if entry.knob_key != knob_field(entry.method) else ""
-    return PlannedRun(run_name(entry.method, optim, knob, seed, tag, entry.variant), entry, optim, knob, seed)
+    origin = source.format(seed=seed) if source is not None else None
+    return PlannedRun(run_name(entry.method, optim, knob, seed, tag, entry.variant, origin), entry, optim, knob, seed,
+                      origin)
+
+
+def after_sources(runs: Sequence[PlannedRun]) -> list[PlannedRun]:
+    """``runs`` in order, except that a run whose source is planned later moves to just after it."""
+    planned = {r.name for r in runs}
+    ordered: dict[str, PlannedRun] = {}
+    held: dict[str, list[PlannedRun]] = {}
+
+    def place(run: PlannedRun) -> None:
+        ordered[run.name] = run
+        for waiting in held.pop(run.name, []):
+            place(waiting)
+    for run in runs:
+        if run.source in planned and run.source not in ordered:
+            held.setdefault(run.source, []).append(run)
+        else:
+            place(run)
+    return list(ordered.values()) + [r for waiting in held.values() for r in waiting]   # a circle: as planned
 
 
 def plan_runs(sweep: Sweep, seeds: Optional[Sequence[int]] = None) -> list[PlannedRun]:
-    """Every grid run for ``seeds`` (default: the sweep's seeds), configs checked."""
+    """Every grid run for ``seeds`` (default: the sweep's seeds), configs checked; a run with a
+    source (scratch) after that source."""
     runs, seen = [], {}
     for i, entry in enumerate(sweep.grid):
         for optim in entry.optims:
             for knob in entry.knobs:
-                for seed in seeds if seeds is not None else (entry.seeds or sweep.seeds):
-                    run = planned_run(entry, optim, knob, seed)
-                    if run.name in seen:
-                        raise fail(sweep.path, f"grid[{i}]", f"run {run.name} is already planned by "
-                                   f"grid[{seen[run.name]}]; each method/optimizer/knob/seed runs once")
-                    seen[run.name] = i
-                    run_config(sweep, run)
-                    runs.append(run)
-    return runs
+                for source in entry.sources or (None,):
+                    for seed in seeds if seeds is not None else (entry.seeds or sweep.seeds):
+                        run = planned_run(entry, optim, knob, seed, source)
+                        if run.name in seen:
+                            raise fail(sweep.path, f"grid[{i}]", f"run {run.name} is already planned by "
+                                       f"grid[{seen[run.name]}]; each method/optimizer/knob/seed runs once")
+                        seen[run.name] = i
+                        run_config(sweep, run)
+                        runs.append(run)
+    return after_sources(runs)
 
 
 def run_config(sweep: Sweep, run: PlannedRun, out: Optional[Path] = None) -> Config:
@@ -377,6 +444,8 @@ def run_config(sweep: Sweep, run: PlannedRun, out: Optional[Path] = None) -> Con
              "label": run.entry.variant or None}
     if run.knob is not None:
         fixed[f"method.{run.entry.knob_key}"] = run.knob
+    if run.source is not None:   # next to the run's folder (the sweep folder); as named while only planning
+        fixed[f"method.{SOURCE_SETTING}"] = str(out.parent / run.source) if out else run.source
     layers = [("set", shared), (f"optims.{run.optim}", {} if isinstance(optim, Path) else optim),
               (f"grid entry {run.entry.method}", run.entry.set), (f"run {run.name}", fixed)]
     return build_config(optim if isinstance(optim, Path) else sweep.base, run.entry.method, layers,

@@ -95,6 +95,11 @@ def format_summary(summary: dict) -> str:
         c = s["collapsed"]
         lines.append(f"COLLAPSED at step {c['step']}: {c['signal']} {c['before']:.4g} -> {c['after']:.4g}; "
                      f"likely cause: {c['cause']}")
+    if s.get("widths_from"):
+        w = s["widths_from"]
+        lines.append(f"widths from {w['path']} ({variant(w).name}, {w.get('knob_name') or 'knob'} {w.get('knob')}, "
+                     f"seed {w.get('seed')}; test accuracy {100 * w['test_acc']:.2f}%), trained from scratch; "
+                     "'initial' is the full-width network")
     if s.get("sparse"):
         sp = s["sparse"]
         lines.append(f"sparse: {sp['method']} to density {sp['density']:g} ({sp['distribution']}); non-zero parameters "

@@ -3,6 +3,8 @@
 A method (dense, DemP, or a baseline) owns a settings dataclass (``config_class``) and sees
 the loop through fixed hooks, called in this order, Lightning-callback style:
 
+0. ``initial_model(model, config)``: only when a run starts (not when it resumes), before the
+   optimizer exists: the model to train (``scratch`` returns the widths of an earlier run);
 1. ``setup(ctx)``: bind the model, optimizer and data (no change to the model);
 2. ``load_state_dict(state)``: only when resuming, with the model already at its pruned widths;
 3. ``on_train_start()``: before the first step (again when a run resumes; SNAP-like methods prune here);
@@ -10,8 +12,9 @@ the loop through fixed hooks, called in this order, Lightning-callback style:
 5. ``on_epoch_end(epoch)``, and ``finish()`` after the last step.
 
 Hooks that remove units return a RemovalReport so the loop can log them; ``log_values``
-gives what the loop logs each step.  ``MethodConfig`` pairs a method's name with an
-instance of its settings dataclass; the run config keeps them flat under ``method.``.
+gives what the loop logs each step and ``summary`` what summary.json adds.  ``MethodConfig``
+pairs a method's name with an instance of its settings dataclass; the run config keeps them
+flat under ``method.``.
 """
 from __future__ import annotations
 
@@ -67,6 +70,11 @@ class Method:
         self.config = (config if config is not None else self.config_class()).validate()
         self.ctx: Optional[MethodContext] = None
 
+    def initial_model(self, model: nn.Module, config: dict[str, Any]) -> nn.Module:
+        """The model a new run trains: ``model`` as the run's config (``config``, as in config.yaml)
+        built it, or a new one; ``model`` stays the reference of the summary's fractions remaining."""
+        return model
+
     def setup(self, ctx: MethodContext) -> None:
         self.ctx = ctx
 
@@ -101,6 +109,14 @@ class Method:
     def knob_value(self) -> Optional[float]:
         """The value of the method's knob (what a results table sorts runs by)."""
         return getattr(self.config, self.knob) if self.knob else None
+
+    def knob_name(self) -> Optional[str]:
+        """The setting ``knob_value`` holds (a sweep varies it)."""
+        return self.knob
+
+    def summary(self) -> dict[str, Any]:
+        """Fields the method adds to summary.json (none by default)."""
+        return {}
 
     def state_dict(self) -> dict:
         return {}

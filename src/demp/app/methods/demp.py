@@ -63,6 +63,11 @@ class DemPMethod(Method):
         c = self.config
         return c.target_units or c.target_flops or c.reg_peak
 
+    def knob_name(self) -> Optional[str]:
+        """target_units or target_flops for a budget run, else reg_peak."""
+        c = self.config
+        return next((n for n in ("target_units", "target_flops") if getattr(c, n) is not None), self.knob)
+
     def state_dict(self) -> dict:
         return self.pruner.state_dict()
 

@@ -50,6 +50,10 @@ class DenseNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.head = nn.Linear(ch, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The zoo's initialisation of every layer (also re-drawn for a model trained from scratch)."""
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

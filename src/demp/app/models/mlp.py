@@ -19,6 +19,10 @@ class MLP(nn.Module):
         widths = [in_features, *hidden]
         self.hidden = nn.Sequential(*(LinearBNReLU(a, b) for a, b in zip(widths, widths[1:])))
         self.head = nn.Linear(widths[-1], num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The zoo's initialisation of every layer (also re-drawn for a model trained from scratch)."""
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,10 @@ class MobileNetV2(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.head = nn.Linear(last, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The zoo's initialisation of every layer (also re-drawn for a model trained from scratch)."""
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

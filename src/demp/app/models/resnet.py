@@ -121,11 +121,14 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.head = nn.Linear(prev, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The zoo's initialisation; each Bottleneck starts as its shortcut (the paper's zero last-BN gamma)."""
         init_weights(self)
-        if block is Bottleneck:  # each block starts as its shortcut (as in the paper: zero last-BN gamma)
-            for m in self.modules():
-                if isinstance(m, Bottleneck):
-                    nn.init.zeros_(m.bn3.weight)
+        for m in self.modules():
+            if isinstance(m, Bottleneck):
+                nn.init.zeros_(m.bn3.weight)
 
     @staticmethod
     def _make_stem(in_channels: int, out_ch: int, stem: Stem) -> nn.Sequential:

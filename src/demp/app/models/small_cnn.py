@@ -29,6 +29,10 @@ class SmallCNN(nn.Module):
         self.flatten = nn.Flatten()  # real flatten: each channel feeds side*side inputs of fc
         self.fc = LinearBNReLU(prev * side * side, hidden)
         self.head = nn.Linear(hidden, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The zoo's initialisation of every layer (also re-drawn for a model trained from scratch)."""
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

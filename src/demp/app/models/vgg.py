@@ -39,6 +39,10 @@ class VGG(nn.Module):
         widths = [prev * side * side, *hidden]
         self.classifier = nn.Sequential(*(LinearBNReLU(a, b) for a, b in zip(widths, widths[1:])))
         self.head = nn.Linear(widths[-1], num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The zoo's initialisation of every layer (also re-drawn for a model trained from scratch)."""
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,10 @@ class ViT(nn.Module):
         self.blocks = nn.Sequential(*(TransformerBlock(dim, heads, mlp_hidden) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The zoo's initialisation of every layer, and learned positions drawn with std 0.02."""
         init_weights(self)
         nn.init.normal_(self.pos_embed, std=0.02)
 
