@@ -38,10 +38,12 @@ def test_a_loss_jump_is_a_collapse_and_a_drift_is_not():
     watch = CollapseWatch()
     assert watch.observe(0, seen(torch.randn(256, 10), target), "c") is None   # the first check: a baseline
     assert watch.observe(1, seen(good, target), "c") is None                   # learning: loss falls
-    assert watch.observe(2, seen(good * 0.9, target), "c") is None             # drift: small rise, not 0.25 ln 10
-    found = watch.observe(3, seen(torch.zeros(256, 10) + torch.randn(1, 10), target), "too strong")
+    assert watch.observe(2, seen(good * 0.9, target), "c") is None             # drift: a small rise
+    dent = torch.nn.functional.one_hot(target, 10).float() * 1.5              # loss x5, but far from chance
+    assert watch.observe(3, seen(dent, target), "c") is None
+    found = watch.observe(4, seen(torch.zeros(256, 10) + torch.randn(1, 10), target), "too strong")
     assert found is not None and found.signal == "probe loss" and found.cause == "too strong"
-    assert found.after > found.before and "step 3" in found.line()
+    assert found.after > 0.75 * math.log(10) and "step 4" in found.line()
 
 
 def test_outputs_that_stop_depending_on_the_input_are_a_collapse_without_labels():

@@ -108,7 +108,7 @@ def test_transformer_sweeps_compare_every_baseline_on_ffn_units(stem: str, confi
     for method in ("demp", "snap", "cropit", "earlysnap", "earlycrop", "magnitude", "random"):
         assert {r.knob for r in runs if r.entry.method == method} == {0.5, 0.8}, method
     assert {r.seed for r in runs if r.entry.method in ("dense", "demp")} == {0, 1}
-    assert {r.entry.method for r in runs} == {"dense", "demp", "snap", "cropit", "earlysnap", "earlycrop",
+    assert {r.entry.method for r in runs} == {"dense", "demp", "scratch", "snap", "cropit", "earlysnap", "earlycrop",
                                               "magnitude", "random"}
     demp = run_config(sweep, next(r for r in runs if r.entry.method == "demp" and r.knob == 0.8))
     shipped = load_config(str(CONFIGS / "cpu" / config), ["method.target_units=0.8"])

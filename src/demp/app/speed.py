@@ -151,6 +151,7 @@ def measure(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], candidat
             torch.autograd.grad(loss, params, allow_unused=True)
             return timer() - t0
 
+        one(candidates[0])   # the first pass pays one-time costs (lazy kernels, allocator): no candidate's own
         warm: dict[tuple[bool, str], float] = {}
         for c in candidates:
             warm[c] = one(c)
