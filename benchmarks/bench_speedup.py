@@ -1,8 +1,9 @@
 """Wall-clock speed-ups of DemP over dense training and over SNAP, next to training-FLOPs ratios, as JSON.
 
-Runs the chosen methods one after another in one process on the CPU benchmark
-(configs/cpu/vgg16_cifar10_adamw.yaml: VGG-16-BN w0.25, CIFAR-10), all in the training format the
-first run measured as fastest here, and prints for each run: wall time (training, dead checks and
+Runs the chosen methods one after another in one process on a benchmark config (``--config``,
+default configs/cpu/vgg16_cifar10_adamw.yaml: VGG-16-BN w0.25, CIFAR-10; the transformers:
+configs/cpu/vit_cifar10_adamw.yaml and configs/cpu/relu_lm_adamw.yaml, where the FFN carries most
+of each block's FLOPs), all in the training format the first run measured as fastest here, and prints for each run: wall time (training, dead checks and
 removals included, evaluation excluded), test accuracy, forward FLOPs kept, and against dense and
 SNAP: speedup = their wall / this wall, flops_ratio = their training FLOPs / this run's, and
 efficiency = speedup / flops_ratio (1.0: every FLOP saved is time saved).
@@ -13,8 +14,10 @@ speed-ups; reports show none for runs timed separately.
 Runs (``--runs``): dense; snap-0.8 (SNAP at 80% of units); demp-flops-0.75 (DemP, FLOPs-weighted
 penalty with cost_power 0.5, 75% of forward FLOPs removed, checks within 3% of the time);
 demp-flops-0.75-r8 (the same with widths kept at multiples of 8); demp-0.5, demp-0.8 (units budgets).
-Usage: python benchmarks/bench_speedup.py [--epochs 6] [--subset N] [--runs dense snap-0.8 demp-flops-0.75]
-       (DEMP_DATA must point at CIFAR-10, as for `demp train`)
+Usage: python benchmarks/bench_speedup.py [--config FILE] [--epochs 6] [--subset N] [--runs dense snap-0.8 demp-0.8]
+       (DEMP_DATA must point at CIFAR-10, as for `demp train`; the LM needs no data set)
+The transformer runs of the results folders:
+       python benchmarks/bench_speedup.py --config configs/cpu/relu_lm_adamw.yaml --epochs 30 --runs dense snap-0.8 demp-0.8 demp-0.5
 """
 from __future__ import annotations
 
@@ -46,10 +49,10 @@ RUNS = {
 """Named runs: overrides of the benchmark config."""
 
 
-def run(overrides: list[str], out: Path, group: str, threads: int) -> dict:
-    """One training run of the benchmark config with ``overrides``, marked as timed in the paired
-    ``group``; its summary."""
-    train(load_config(str(CONFIG), overrides), str(out), progress=False)
+def run(config: Path, overrides: list[str], out: Path, group: str, threads: int) -> dict:
+    """One training run of ``config`` with ``overrides``, marked as timed in the paired ``group``;
+    its summary."""
+    train(load_config(str(config), overrides), str(out), progress=False)
     return mark_paired(out, group, threads=threads, script="benchmarks/bench_speedup.py")
 
 
@@ -61,6 +64,7 @@ def ratios(run_: dict, ref: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=CONFIG, help="the benchmark's training config")
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--subset", type=int, default=None, help="first N training images (default: all)")
     ap.add_argument("--runs", nargs="+", default=["dense", "snap-0.8", "demp-flops-0.75", "demp-flops-0.75-r8"],
@@ -75,12 +79,12 @@ def main() -> None:
     group = f"bench_speedup-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     summaries: dict[str, dict] = {}
     for name in args.runs:
-        summaries[name] = run(common + RUNS[name], out / name, group, args.threads)
+        summaries[name] = run(args.config, common + RUNS[name], out / name, group, args.threads)
         if len(summaries) == 1:    # every later run in the format the first one measured
             speed = summaries[name]["speed"]
             common += [f"train.channels_last={'on' if speed['channels_last'] else 'off'}",
                        f"train.autocast={speed['autocast']}"]
-    result: dict = {"config": CONFIG.name, "epochs": args.epochs, "subset": args.subset, "runs": str(out),
+    result: dict = {"config": args.config.name, "epochs": args.epochs, "subset": args.subset, "runs": str(out),
                     "timing": summaries[args.runs[0]]["timing"],
                     "format": summaries[args.runs[0]]["speed"]}
     for name, s in summaries.items():

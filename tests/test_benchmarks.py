@@ -51,7 +51,8 @@ def test_bench_speedup_marks_its_runs_as_paired(tmp_path, monkeypatch):
         Path(run_dir).mkdir(parents=True)
         (Path(run_dir) / "summary.json").write_text(json.dumps({"method": cfg.method.name, "wall_s": 1.0}))
     monkeypatch.setattr(bench, "train", fake_train)
-    for name in ("dense", "snap-0.8"):
-        summary = bench.run(bench.RUNS[name], tmp_path / name, "g1", threads=2)
+    lm = Path(bench.__file__).resolve().parents[1] / "configs" / "cpu" / "relu_lm_adamw.yaml"
+    for name, config in (("dense", bench.CONFIG), ("snap-0.8", bench.CONFIG), ("demp-0.8", lm)):
+        summary = bench.run(config, bench.RUNS[name], tmp_path / name, "g1", threads=2)
         assert summary["timing"]["paired"] is True and summary["timing"]["threads"] == 2
     assert {r.row()["timing_group"] for r in load_runs([tmp_path])} == {"g1"}
