@@ -398,31 +398,37 @@ def _requests(monkeypatch):
     return seen
 
 
+def _untrained_flops_budget(model, target, monkeypatch):
+    """A FLOPs budget spent on the units dead from the start (lr 0): the pruner, the removals it
+    asked for (units asked, units removed) and the fraction of forward FLOPs removed."""
+    import demp
+    from demp.core.flops import forward_flops
+    x = torch.randn(32, 3, 8, 8)
+    seen = _requests(monkeypatch)
+    flops0 = forward_flops(model, x[:2])
+    pruner = demp.DemonPruner(model, torch.optim.AdamW(model.parameters(), lr=0.0), x[:2], total_steps=20,
+                              probe=[x], prune_every=5, target_flops=target, reg_peak=1e-3)
+    for _ in range(20):
+        pruner.penalty()
+        pruner.step()
+    pruner.finish()
+    return pruner, seen, 1 - forward_flops(model, x[:2]) / flops0
+
+
 def test_a_flops_budget_spends_coupled_channels_at_every_site_they_are_tied_to(monkeypatch):
     """Stream channels 0-2 dead at all three sites they are tied to, inner units dead in both
     blocks: the budget takes whole stream channels and inner units, every request is accepted,
     and it lands within one unit's cost of the target (here a unit is 4-6% of the FLOPs; a
     second check tops up what the first one's estimate left: removing both ends of a conv
     saves less than their two costs)."""
-    import demp
-    from demp.core.flops import forward_flops
     torch.manual_seed(0)
     model = _residual_net()
     _kill(model[1], [0, 1, 2])
     for block in (model[3], model[4]):
         _kill(block.f[4], [0, 1, 2, 3])
         _kill(block.f[1], [0, 1, 2, 3, 4])
-    x = torch.randn(32, 3, 8, 8)
-    seen = _requests(monkeypatch)
-    flops0 = forward_flops(model, x[:2])
-    pruner = demp.DemonPruner(model, torch.optim.SGD(model.parameters(), lr=0.0), x[:2], total_steps=20,
-                              probe=[x], prune_every=5, target_flops=0.5, reg_peak=1e-3)
-    for _ in range(20):
-        pruner.penalty()
-        pruner.step()
-    pruner.finish()
+    pruner, seen, removed = _untrained_flops_budget(model, 0.5, monkeypatch)
     assert len(seen) >= 2 and all(asked == removed for asked, removed in seen)     # no refused request
-    removed = 1 - forward_flops(model, x[:2]) / flops0
     assert pruner.budget_met and 0.5 - 0.06 <= removed <= 0.5 + 1e-9
     widths = pruner.widths
     assert widths["2"] == widths["3.relu"] == widths["4.relu"] < 8        # the stream lost the same channels
@@ -431,23 +437,12 @@ def test_a_flops_budget_spends_coupled_channels_at_every_site_they_are_tied_to(m
 def test_our_resnet_meets_a_flops_budget_without_a_refused_request(monkeypatch):
     """Half of every block's inner units and a quarter of the stem's dead: the budget lands
     within one unit's cost, every request accepted."""
-    import demp
     from demp.app.models import create_model
-    from demp.core.flops import forward_flops
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=4, in_channels=3, width=0.25, image_size=8)
     for name, m in model.named_modules():
         if name.endswith("bn1") or name == "stem.bn":
             _kill(m, list(range(m.num_features // (4 if name == "stem.bn" else 2))))
-    x = torch.randn(32, 3, 8, 8)
-    seen = _requests(monkeypatch)
-    flops0 = forward_flops(model, x[:2])
-    pruner = demp.DemonPruner(model, torch.optim.AdamW(model.parameters(), lr=0.0), x[:2], total_steps=20,
-                              probe=[x], prune_every=5, target_flops=0.3, reg_peak=1e-3)
-    for _ in range(20):
-        pruner.penalty()
-        pruner.step()
-    pruner.finish()
+    pruner, seen, removed = _untrained_flops_budget(model, 0.3, monkeypatch)
     assert seen and all(asked == removed for asked, removed in seen)
-    removed = 1 - forward_flops(model, x[:2]) / flops0
     assert pruner.budget_met and 0.3 - 0.02 <= removed <= 0.3 + 1e-9
