@@ -81,3 +81,30 @@ def test_count_params_counts_shared_and_frozen_once() -> None:
     shared = nn.Linear(4, 4)
     net = nn.Sequential(nn.Linear(3, 4).requires_grad_(False), shared, nn.ReLU(), shared)
     assert count_params(net) == (3 * 4 + 4) + (4 * 4 + 4)
+
+
+def test_attention_is_counted_on_the_cpu_and_through_the_fast_path():
+    """nn.MultiheadAttention in eval mode (its fused fast path) and F.scaled_dot_product_attention
+    on the CPU: projections 2*L*d*4d, scores and weighted values 2*2*L*L*d per example."""
+    import torch.nn.functional as F
+    from demp.core.flops import forward_flops, train_step_flops
+    L, d = 16, 32
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = torch.nn.MultiheadAttention(d, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x, need_weights=False)[0]
+
+    expected = 2 * L * d * 4 * d + 2 * 2 * L * L * d
+    assert forward_flops(Attention(), torch.randn(2, L, d)) == expected
+    assert torch.backends.mha.get_fastpath_enabled()            # switched off only while counting
+
+    class Sdpa(torch.nn.Module):
+        def forward(self, x):
+            return F.scaled_dot_product_attention(x, x, x, is_causal=True)
+
+    assert forward_flops(Sdpa(), torch.randn(2, 4, L, d // 4)) == 2 * 2 * L * L * d
+    assert train_step_flops(torch.nn.Sequential(torch.nn.Linear(d, d), Sdpa()), torch.randn(2, 4, L, d)) > 0
