@@ -237,3 +237,20 @@ def test_another_protocol_trains_with_a_warning(source):
     model = load_run_model(src_dir / "model.pt")
     with pytest.warns(UserWarning, match=r"another protocol .*train.epochs 2 -> 3; optim.lr 0.01 -> 0.02"):
         scratch_method(src_dir).initial_model(create_model(**model.demp_spec), config)
+
+
+def test_the_relu_language_model_starts_afresh_at_its_pruned_widths(tmp_path):
+    """relu_lm's learned positions and embeddings are drawn again (its reset_parameters)."""
+    from demp.core.persist import fresh_like, save_pruned
+    torch.manual_seed(0)
+    spec = dict(num_classes=256, in_channels=1, width=1.0, image_size=16, dim=32, depth=2, heads=2, context=16)
+    model = create_model("relu_lm", **spec)
+    x = torch.randint(0, 256, (4, 16))
+    dead = {s.name: torch.arange(s.width) < s.width // 3 for s in demp.list_sites(model, x)}
+    demp.remove_units(model, dead, x, exact=False)
+    save_pruned(model, tmp_path / "model.pt")
+    fresh = fresh_like(tmp_path / "model.pt", create_model("relu_lm", **spec))
+    assert module_shapes(fresh) == module_shapes(model)
+    old = dict(model.named_parameters())
+    assert all(not torch.equal(p, old[n]) for n, p in fresh.named_parameters() if p.numel() > 1 and p.std() > 0)
+    assert fresh(x).shape == (4, 16, 256)

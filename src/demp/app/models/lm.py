@@ -63,11 +63,16 @@ class ReluLM(nn.Module):
         self.blocks = nn.Sequential(*(DecoderBlock(dim, heads, mlp_hidden) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab, bias=not tied)
+        if tied:
+            self.head.weight = self.embed.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The zoo's initialisation of every layer, then embeddings and learned positions drawn
+        with std 0.02 (what ``scratch`` calls to start a pruned architecture afresh)."""
         init_weights(self)
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.pos_embed, std=0.02)
-        if tied:
-            self.head.weight = self.embed.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.dtype not in (torch.int64, torch.int32):
