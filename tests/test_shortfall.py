@@ -75,22 +75,23 @@ def test_dead_units_tied_to_live_ones_count_as_dead_and_are_named():
     assert len(short) == 1 and "4 dead units are tied to live ones" in short[0]
 
 
-def test_lambda_at_its_ceiling_while_the_gates_move():
+def weak_push(steps, **options):
+    """A small classifier trained at lr 0.1 under a penalty far too weak to kill anything."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
     x, y = torch.randn(128, 4), torch.randint(0, 3, (128,))
-    pruner, said = run(model, torch.optim.SGD(model.parameters(), lr=0.1), 120, x, y, reg_peak=1e-7,
-                       noise_peak=0.0, prune_every=4, target_units=0.5, target_by=0.3)
+    return run(model, torch.optim.SGD(model.parameters(), lr=0.1), steps, x, y, reg_peak=1e-7,
+               noise_peak=0.0, target_units=0.5, **options)
+
+
+def test_lambda_at_its_ceiling_while_the_gates_move():
+    pruner, said = weak_push(120, prune_every=4, target_by=0.3)
     assert pruner.budget_gave_up and pruner.budget.at_ceiling
     short = [m for m in said if "budget not met" in m]
     assert len(short) == 1 and "ceiling" in short[0] and "lost in the optimizer" not in short[0]
 
 
 def test_too_few_checks():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
-    x, y = torch.randn(128, 4), torch.randint(0, 3, (128,))
-    pruner, said = run(model, torch.optim.SGD(model.parameters(), lr=0.1), 40, x, y, reg_peak=1e-7,
-                       noise_peak=0.0, prune_every=40, target_units=0.5, target_by=0.5)
+    pruner, said = weak_push(40, prune_every=40, target_by=0.5)
     short = [m for m in said if "budget not met" in m]
     assert len(short) == 1 and "dead check(s) ran while the budget was open" in short[0]

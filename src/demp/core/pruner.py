@@ -414,7 +414,7 @@ class DemonPruner:
         if self.config.target_flops is None:
             return 1 - (sum(self.widths.values()) - sum(self.dead_kept.values())) / self.initial["units"]
         kept = sum(k * self.costs[n].flops / self.costs[n].tied for n, k in self.dead_kept.items() if n in self.costs)
-        return self._achieved(0) + kept / max(1, self.initial["flops"])
+        return 1 - (self._flops() - kept) / max(1, self.initial["flops"])
 
     @property
     def overshoot(self) -> float:
